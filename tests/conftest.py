@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny model configs with fixed seeds."""
+
+import jax
+import pytest
+
+from ttc_jax.model import ModelConfig, init_params
+
+jax.config.update("jax_threefry_partitionable", True)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+  base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+              max_seq_len=256)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+  cfg = tiny_config(qkv_bias=True)
+  return cfg, init_params(cfg, jax.random.key(0))

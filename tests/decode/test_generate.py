@@ -1,0 +1,141 @@
+"""Decode loop invariants: stop/resume, determinism, samplers, per-row stops, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+from ttc_jax.decode import Greedy, Temperature, TopK, TopP, continue_generate, generate
+from ttc_jax.decode.samplers import _inverse_cdf
+from ttc_jax.model import init_params
+
+PROMPTS = [[1, 5, 6, 7], [1, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 33, 2]]
+
+
+def _rows(out):
+  """Each row's generated tokens, cut at its length."""
+  return [list(np.asarray(t[:n])) for t, n in zip(out.tokens, out.lengths)]
+
+
+@pytest.mark.parametrize("sampler", [Greedy(), Temperature(1.0), TopK(5, 0.8), TopP(0.9, 1.2)])
+def test_same_seed_same_batch_is_bit_identical(tiny_model, sampler):
+  cfg, params = tiny_model
+  a = generate(cfg, params, PROMPTS, max_new_tokens=10, sampler=sampler, seed=7)
+  b = generate(cfg, params, PROMPTS, max_new_tokens=10, sampler=sampler, seed=7)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.logprobs, b.logprobs)
+  if not isinstance(sampler, Greedy):
+    c = generate(cfg, params, PROMPTS, max_new_tokens=10, sampler=sampler, seed=8)
+    assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_stop_on_delimiter_then_resume_equals_uninterrupted(tiny_model):
+  cfg, params = tiny_model
+  sampler = Temperature(1.0)
+  full = generate(cfg, params, PROMPTS, max_new_tokens=24, sampler=sampler, seed=3)
+  # A frequent token acts as the "step delimiter": stop on it, then resume step by step.
+  delimiter = int(np.bincount(np.asarray(full.tokens).ravel()).argmax())
+  out = generate(cfg, params, PROMPTS, max_new_tokens=24, sampler=sampler, seed=3,
+                 stop_tokens=[delimiter], extra_capacity=24)
+  pieces = [[] for _ in PROMPTS]
+  produced = np.zeros(len(PROMPTS), int)
+  stops_seen = 0
+  while True:
+    for i, row in enumerate(_rows(out)):
+      pieces[i] += row
+    produced += np.asarray(out.lengths)
+    stops_seen += int(np.asarray(out.stopped_on_token).sum())
+    # every row ends on the delimiter, or used up its tokens
+    for row, stopped in zip(_rows(out), np.asarray(out.stopped_on_token)):
+      assert not stopped or row[-1] == delimiter
+    remaining = 24 - produced
+    if remaining.max() <= 0:
+      break
+    out = continue_generate(cfg, params, out, max_new_tokens=int(remaining.max()),
+                            sampler=sampler, seed=3, stop_tokens=[delimiter],
+                            active=remaining > 0)
+  assert stops_seen > len(PROMPTS)  # the test really exercised stop + resume
+  for i, row in enumerate(_rows(full)):
+    assert pieces[i][:24] == row
+
+
+def test_per_row_stop_tokens_pad_the_rest(tiny_model):
+  cfg, params = tiny_model
+  free = generate(cfg, params, PROMPTS, max_new_tokens=12, sampler=Greedy())
+  first_tokens = [int(t) for t in free.tokens[:, 0]]
+  stop = first_tokens[0]
+  out = generate(cfg, params, PROMPTS, max_new_tokens=12, sampler=Greedy(), stop_tokens=[stop],
+                 pad_id=0)
+  for row in range(len(PROMPTS)):
+    full_row = list(np.asarray(free.tokens[row]))
+    expected_len = full_row.index(stop) + 1 if stop in full_row else 12
+    assert int(out.lengths[row]) == expected_len
+    assert list(np.asarray(out.tokens[row, :expected_len])) == full_row[:expected_len]
+    assert (np.asarray(out.tokens[row, expected_len:]) == 0).all()
+    assert (np.asarray(out.logprobs[row, expected_len:]) == 0).all()
+  assert int(out.lengths[0]) == 1 and bool(out.stopped_on_token[0])
+
+
+def test_row_streams_make_rows_independent_of_position(tiny_model):
+  """Same (seed, row stream) -> same sample for a prompt wherever it sits in the batch."""
+  cfg, params = tiny_model
+  a = generate(cfg, params, [PROMPTS[0], PROMPTS[1]], max_new_tokens=8,
+               sampler=Temperature(1.0), seed=1, row_streams=[10, 11])
+  b = generate(cfg, params, [PROMPTS[1], PROMPTS[0]], max_new_tokens=8,
+               sampler=Temperature(1.0), seed=1, row_streams=[11, 10])
+  np.testing.assert_array_equal(a.tokens[0], b.tokens[1])
+  np.testing.assert_array_equal(a.tokens[1], b.tokens[0])
+
+
+def test_samplers_respect_their_support():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000))
+  u = jax.random.uniform(jax.random.key(0), (4000,))
+  for sampler, allowed in [(TopK(2, 1.0), {0, 1}), (TopP(0.79, 1.0), {0, 1}),
+                           (TopP(0.81, 1.0), {0, 1, 2}), (Greedy(), {0}), (Temperature(0), {0})]:
+    drawn = set(np.asarray(sampler.sample(logits, u)).tolist())
+    assert drawn == allowed, (sampler, drawn)
+
+
+def test_inverse_cdf_matches_the_distribution():
+  probs = np.array([0.5, 0.3, 0.15, 0.05])
+  u = jax.random.uniform(jax.random.key(1), (20000,))
+  drawn = np.asarray(_inverse_cdf(jnp.log(jnp.asarray([probs] * 20000)), u))
+  freq = np.bincount(drawn, minlength=4) / len(drawn)
+  np.testing.assert_allclose(freq, probs, atol=0.015)
+
+
+@pytest.mark.parametrize("make", [lambda: TopP(0.0), lambda: TopP(1.5), lambda: TopK(-1),
+                                  lambda: Temperature(-0.1), lambda: TopK(3, -1.0),
+                                  lambda: Temperature(float("nan"))])
+def test_bad_sampler_settings_are_errors(make):
+  with pytest.raises(ValueError):
+    make()
+
+
+def test_bad_inputs_are_clear_errors(tiny_model):
+  cfg, params = tiny_model
+  with pytest.raises(ValueError, match="empty prompt"):
+    generate(cfg, params, [[1, 2], []], max_new_tokens=4)
+  with pytest.raises(ValueError, match="prompts is empty"):
+    generate(cfg, params, [], max_new_tokens=4)
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    generate(cfg, params, [[1, cfg.vocab_size]], max_new_tokens=4)
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    generate(cfg, params, [[1, -1]], max_new_tokens=4)
+  with pytest.raises(ValueError, match="max_seq_len"):
+    generate(cfg, params, [[1] * (cfg.max_seq_len - 2)], max_new_tokens=4)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    generate(cfg, params, [[1]], max_new_tokens=-1)
+  with pytest.raises(ValueError, match="stop token"):
+    generate(cfg, params, [[1]], max_new_tokens=2, stop_tokens=[cfg.vocab_size])
+  out = generate(cfg, params, [[1]], max_new_tokens=2)
+  with pytest.raises(ValueError, match="cache room"):
+    continue_generate(cfg, params, out, max_new_tokens=10_000)
+
+
+def test_long_prompt_near_max_seq_len_fits():
+  cfg = tiny_config(max_seq_len=40)
+  params = init_params(cfg, jax.random.key(0))
+  out = generate(cfg, params, [[1] * 30, [2] * 3], max_new_tokens=10)
+  assert list(np.asarray(out.lengths)) == [10, 10]

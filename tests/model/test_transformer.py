@@ -1,0 +1,101 @@
+"""Model invariants: cached decode == teacher-forced forward, config validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tests.conftest import tiny_config
+from ttc_jax.decode import Greedy, generate
+from ttc_jax.model import ModelConfig, forward, init_cache, init_params
+
+
+def _teacher_forced_greedy(cfg, params, prompt, n):
+  seq = list(prompt)
+  for _ in range(n):
+    logits, _ = forward(cfg, params, jnp.asarray([seq]))
+    seq.append(int(jnp.argmax(logits[0, -1])))
+  return seq[len(prompt):]
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), n_kv=st.sampled_from([1, 2, 4]),
+       prompt_lens=st.lists(st.integers(1, 12), min_size=3, max_size=3),
+       new=st.integers(1, 6), tie=st.booleans(), bias=st.booleans())
+def test_cached_decode_matches_teacher_forced(seed, batch, n_kv, prompt_lens, new, tie, bias):
+  cfg = tiny_config(n_kv_heads=n_kv, tie_embeddings=tie, qkv_bias=bias)
+  params = init_params(cfg, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+  prompts = [list(rng.integers(0, cfg.vocab_size, size=n)) for n in prompt_lens[:batch]]
+  out = generate(cfg, params, prompts, max_new_tokens=new, sampler=Greedy())
+  for row, prompt in enumerate(prompts):
+    assert list(np.asarray(out.tokens[row])) == _teacher_forced_greedy(cfg, params, prompt, new)
+    # log-probs of the emitted tokens equal the full forward's log-softmax (f32, 1e-5)
+    full, _ = forward(cfg, params, jnp.asarray([prompt + list(np.asarray(out.tokens[row]))]))
+    ref = jax.nn.log_softmax(full[0, len(prompt) - 1:-1])
+    ref = jnp.take_along_axis(ref, out.tokens[row][:, None], axis=-1)[:, 0]
+    np.testing.assert_allclose(out.logprobs[row], ref, atol=1e-5)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), split=st.integers(1, 9))
+def test_chunked_cache_forward_matches_full_forward(seed, split):
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(seed))
+  tokens = jax.random.randint(jax.random.key(seed + 1), (2, 10), 0, cfg.vocab_size)
+  full, _ = forward(cfg, params, tokens)
+  cache = init_cache(cfg, 2, 16)
+  first, cache = forward(cfg, params, tokens[:, :split], cache=cache)
+  second, cache = forward(cfg, params, tokens[:, split:], cache=cache)
+  np.testing.assert_allclose(jnp.concatenate([first, second], 1), full, atol=1e-5)
+  assert list(np.asarray(cache.lengths)) == [10, 10]
+
+
+def test_per_row_offsets_in_one_batch():
+  """Rows at different cache lengths decode correctly in one batched call."""
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(3))
+  tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
+  full, _ = forward(cfg, params, tokens)
+  cache = init_cache(cfg, 2, 16)
+  _, cache = forward(cfg, params, tokens[:, :8], cache=cache)
+  cache = cache.replace(lengths=jnp.array([5, 8]))  # row 0 rewinds to 5 tokens
+  nxt = jnp.stack([tokens[0, 5], tokens[1, 8]])[:, None]
+  logits, cache = forward(cfg, params, nxt, cache=cache)
+  np.testing.assert_allclose(logits[0, 0], full[0, 5], atol=1e-5)
+  np.testing.assert_allclose(logits[1, 0], full[1, 8], atol=1e-5)
+  assert list(np.asarray(cache.lengths)) == [6, 9]
+
+
+def test_gemma_options_and_bfloat16_run():
+  cfg = tiny_config(activation="gelu_tanh", norm_plus_one=True, scale_embeddings=True)
+  params = init_params(cfg, jax.random.key(0))
+  tokens = jnp.ones((1, 5), jnp.int32)
+  logits, _ = forward(cfg, params, tokens)
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+  cfg16 = cfg.replace(dtype="bfloat16")
+  params16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+  logits16, _ = forward(cfg16, params16, tokens)
+  assert logits16.dtype == jnp.float32  # logits and softmax in f32 whatever the dtype
+  np.testing.assert_allclose(logits16, logits, atol=0.1)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(n_heads=4, n_kv_heads=3), dict(activation="relu"), dict(dtype="float16"),
+    dict(d_model=30, n_heads=4), dict(vocab_size=0)])
+def test_bad_config_is_a_clear_error(bad):
+  with pytest.raises(ValueError):
+    tiny_config(**bad)
+
+
+def test_param_count_matches_initialised_params():
+  for tie in (False, True):
+    cfg = tiny_config(tie_embeddings=tie, qkv_bias=True)
+    params = init_params(cfg, jax.random.key(0))
+    assert cfg.num_params() == sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def test_config_round_trips_through_dict():
+  cfg = tiny_config(rope_llama3_scaling=(8.0, 1.0, 4.0, 64))
+  assert ModelConfig.from_dict(cfg.to_dict()) == cfg
