@@ -55,13 +55,13 @@ def row_uniforms(seed: jax.Array, row_streams: jax.Array, positions: jax.Array) 
 
 def prefill(cfg: ModelConfig, params: dict, tokens: jax.Array, prompt_lengths: jax.Array,
             cache: KVCache) -> tuple[jax.Array, KVCache]:
-  """Right-padded prompts [B, T] with true lengths [B] -> (next logits [B, V], cache).
+  """Right-padded prompts [B, T] with true lengths [B] into an empty cache -> (next logits [B, V], cache).
 
   Writes all T positions (padding included: it sits beyond each row's length,
   masked, and is overwritten by decoding) and sets cache.lengths to the true lengths.
   """
   hidden, cache = forward_hidden(cfg, params, tokens, cache=cache.replace(
-      lengths=jnp.zeros_like(prompt_lengths)))
+      lengths=jnp.zeros_like(prompt_lengths)), cache_is_empty=True)
   last = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)  # [B,1,D]
   return unembed(cfg, params, last)[:, 0], cache.replace(lengths=prompt_lengths)
 

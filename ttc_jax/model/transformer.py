@@ -107,13 +107,16 @@ def unembed(cfg: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
 
 
 def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
-                   positions: jax.Array | None = None, cache: KVCache | None = None):
+                   positions: jax.Array | None = None, cache: KVCache | None = None,
+                   cache_is_empty: bool = False):
   """Runs the trunk; returns (final-normed hidden [B, T, D], cache).
 
   Without a cache this is a full causal forward over `tokens`. With a cache the
   new tokens' keys/values are written at `positions` (default: each row's
   cache length onwards) and attention covers the whole cache; the returned
-  cache's lengths become positions[:, -1] + 1.
+  cache's lengths become positions[:, -1] + 1. `cache_is_empty` (static; a
+  prefill into a fresh cache) attends over the new tokens only instead of the
+  whole cache capacity: same result, less work.
   """
   b, t = tokens.shape
   if positions is None:
@@ -129,14 +132,14 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3)  # [B,K,T,E]
     v = v.transpose(0, 2, 1, 3)
-    if cache is None:
+    if cache is None or cache_is_empty:
       keys, values, k_pos = k, v, positions
-    else:
-      keys = write_rows(cache.k[i], k, positions[:, 0])
-      values = write_rows(cache.v[i], v, positions[:, 0])
-      new_k.append(keys)
-      new_v.append(values)
-      k_pos = jnp.broadcast_to(jnp.arange(keys.shape[2], dtype=jnp.int32), (b, keys.shape[2]))
+    if cache is not None:
+      new_k.append(write_rows(cache.k[i], k, positions[:, 0]))
+      new_v.append(write_rows(cache.v[i], v, positions[:, 0]))
+      if not cache_is_empty:
+        keys, values = new_k[-1], new_v[-1]
+        k_pos = jnp.broadcast_to(jnp.arange(keys.shape[2], dtype=jnp.int32), (b, keys.shape[2]))
     attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
     x = x + jnp.einsum("bthe,hed->btd", attn, layer["wo"])
     h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps, cfg.norm_plus_one)

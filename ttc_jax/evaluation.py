@@ -1,0 +1,91 @@
+"""Sampling many solutions per question on device, grading them, pass@k.
+
+`sample_solutions` is the one place that turns (policy, task problems) into
+graded completion texts; evaluation, PRM data and search baselines reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ttc_jax.decode import Greedy, Sampler, generate
+from ttc_jax.model import ModelConfig
+from ttc_jax.tasks import Problem, Task
+
+
+@dataclasses.dataclass
+class Samples:
+  """Completions of `n` samples for each of Q questions."""
+  texts: list[list[str]]  # [Q][n]
+  correct: np.ndarray  # [Q, n] bool
+  num_tokens: np.ndarray  # [Q, n] generated tokens (EOS included)
+
+
+def prompt_ids(task: Task, tokenizer, problem: Problem) -> list[int]:
+  """BOS + the task prompt, exactly as training rows start."""
+  return [tokenizer.bos_id] + tokenizer.encode(task.prompt(problem))
+
+
+def sample_solutions(cfg: ModelConfig, params: dict, tokenizer, task: Task,
+                     problems: Sequence[Problem], *, n: int, sampler: Sampler = Greedy(),
+                     seed: int = 0, max_new_tokens: int = 112, batch_size: int = 256,
+                     progress=None) -> Samples:
+  """n completions per problem, batched over (problem, sample) rows.
+
+  Each row's random stream is (question index * n + sample index), so results
+  do not depend on `batch_size`. The last batch is padded with repeats of its
+  first row to keep one compiled shape.
+  """
+  if n < 1:
+    raise ValueError(f"n (samples per question) must be >= 1, got {n}")
+  tokenizer.check_matches(cfg.vocab_size)
+  prompts = [prompt_ids(task, tokenizer, p) for p in problems]
+  rows = [(q, s) for q in range(len(problems)) for s in range(n)]
+  batch_size = max(1, min(batch_size, len(rows)))
+  texts = [[""] * n for _ in problems]
+  correct = np.zeros((len(problems), n), bool)
+  num_tokens = np.zeros((len(problems), n), np.int32)
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+    out = generate(cfg, params, [prompts[q] for q, _ in padded], max_new_tokens=max_new_tokens,
+                   sampler=sampler, seed=seed, stop_tokens=[tokenizer.eos_id],
+                   pad_id=tokenizer.pad_id, row_streams=[q * n + s for q, s in padded])
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)  # one host copy
+    for i, (q, s) in enumerate(chunk):
+      text = tokenizer.decode(tokens[i, :lengths[i]].tolist())
+      texts[q][s] = text
+      correct[q, s] = task.grade(problems[q], text)
+      num_tokens[q, s] = lengths[i]
+    if progress is not None:
+      progress.update(len(chunk))
+  return Samples(texts, correct, num_tokens)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+  if k > n:
+    raise ValueError(f"k={k} > n={n}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def coverage(correct: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+  """Mean pass@k over questions for every k <= samples per question."""
+  n = correct.shape[1]
+  counts = correct.sum(axis=1)
+  return {k: float(np.mean([pass_at_k(n, int(c), k) for c in counts])) for k in ks if k <= n}
+
+
+def pass_rate_histogram(rates: np.ndarray,
+                        edges: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict[str, int]:
+  """Counts of per-question pass rates: exactly 0, then (a, b] bins up to 1."""
+  hist = {"0": int(np.sum(rates == 0))}
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    hist[f"({lo:g},{hi:g}]"] = int(np.sum((rates > lo) & (rates <= hi)))
+  return hist

@@ -1,0 +1,149 @@
+"""Named training presets: model config + training hyperparameters + data.
+
+`small` and `large` are the paper's "small model with test-time compute vs a
+~14x larger model" pair: same data config, batch size, seed and step count,
+so they see exactly the same batches (the same data stream, the same number
+of tokens); only the model (and its peak learning rate) differ.
+Non-embedding params: small 198,208, large 2,766,960 (13.96x).
+
+Sizing (2-core CPU). Before this module: a d=64 x 4 / d=240 x 4 pair trained
+at ~14k / ~3.9k positions/s on ~160-token rows, 2.9M positions each. Here
+rows are length-bucketed (arithmetic rows: 19-111 tokens, mean ~56), so
+padded positions are only ~1.15x the real tokens. Measured with this code
+(machine shared, load ~3): small ~13-14k tokens/s (MFU ~13%), large
+~2.6k tokens/s (MFU ~33%). The budget, 2.5M real tokens (~45k examples,
+~2.9M padded positions, 700 steps of 64 rows), is then ~3 min (small) and
+~16 min (large, under that load; less on an idle machine).
+steps = round(train_tokens / (batch_size * mean tokens per training row)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ttc_jax.model import ModelConfig
+from ttc_jax.train.data import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Training hyperparameters.
+
+  batch_size: rows per optimizer step (global, over all devices).
+  train_tokens: the budget in real (non-pad) tokens; sets the step count
+    unless `steps` is given.
+  grad_accum: micro-batches per step (batch_size % grad_accum == 0); the
+    gradient is the exact token-weighted mean over the whole batch.
+  warmup_frac: linear warmup over this fraction of the steps, then cosine
+    decay to lr * min_lr_ratio.
+  seed: parameter init, rng and batch order (never wall clock).
+  eval_every / ckpt_every / log_every: in steps (0 = only at the end).
+  """
+
+  batch_size: int
+  lr: float
+  train_tokens: int | None = None
+  steps: int | None = None
+  grad_accum: int = 1
+  warmup_frac: float = 0.05
+  min_lr_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  clip_norm: float | None = 1.0
+  seed: int = 0
+  eval_every: int = 100
+  ckpt_every: int = 100
+  log_every: int = 10
+  keep_checkpoints: int = 3
+  eval_batch_size: int = 64
+
+  def __post_init__(self):
+    if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+      raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of "
+                       f"grad_accum ({self.grad_accum})")
+    if self.steps is None and self.train_tokens is None:
+      raise ValueError("give train_tokens or steps")
+    if self.steps is not None and self.steps < 1:
+      raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+  def resolve_steps(self, mean_row_tokens: float) -> int:
+    if self.steps is not None:
+      return self.steps
+    return max(1, round(self.train_tokens / (self.batch_size * mean_row_tokens)))
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A named training setup. `model.vocab_size` is a placeholder: the run
+  replaces it with its tokenizer's size (`model_config_for`)."""
+
+  name: str
+  model: ModelConfig
+  train: TrainConfig
+  data: DataConfig
+
+  def model_config_for(self, vocab_size: int) -> ModelConfig:
+    return self.model.replace(vocab_size=vocab_size)
+
+  def with_train(self, **overrides) -> "Preset":
+    """A copy with some TrainConfig fields replaced (None values ignored)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "steps" in overrides:
+      overrides.setdefault("train_tokens", None)
+    return dataclasses.replace(self, train=dataclasses.replace(self.train, **overrides))
+
+  def to_dict(self) -> dict:
+    return {"name": self.name, "model": self.model.to_dict(), "train": self.train.to_dict(),
+            "data": self.data.to_dict()}
+
+
+def _llama(d_model: int, n_layers: int, n_heads: int, ffn_dim: int) -> ModelConfig:
+  return ModelConfig(vocab_size=48, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                     n_kv_heads=n_heads, ffn_dim=ffn_dim, max_seq_len=512)
+
+
+# Shared by the small/large pair: the same problems, rows and batch stream.
+_PAIR_DATA = DataConfig(n_train_problems=65536, n_eval_problems=512, row_len=128,
+                        buckets=(32, 48, 64, 80, 96, 128), sort_window=32)
+_PAIR_TRAIN = dict(batch_size=64, train_tokens=2_500_000, warmup_frac=0.05, eval_every=100,
+                   ckpt_every=100, log_every=10)
+
+PRESETS: dict[str, Preset] = {
+    # Trains in seconds; the tests use it.
+    "smoke": Preset(
+        name="smoke",
+        model=_llama(d_model=32, n_layers=2, n_heads=2, ffn_dim=64),
+        train=TrainConfig(batch_size=8, lr=3e-3, steps=30, warmup_frac=0.1, eval_every=10,
+                          ckpt_every=10, log_every=5, eval_batch_size=32),
+        # One bucket: one compile (compiling dominates a smoke run on CPU).
+        data=DataConfig(n_train_problems=512, n_eval_problems=64, tokenizer_samples=500,
+                        row_len=128, buckets=(128,), sort_window=1),
+    ),
+    "small": Preset(
+        name="small",
+        model=_llama(d_model=64, n_layers=4, n_heads=4, ffn_dim=172),
+        train=TrainConfig(lr=3e-3, **_PAIR_TRAIN),
+        data=_PAIR_DATA,
+    ),
+    "large": Preset(
+        name="large",
+        model=_llama(d_model=240, n_layers=4, n_heads=6, ffn_dim=640),
+        train=TrainConfig(lr=1.5e-3, **_PAIR_TRAIN),
+        data=_PAIR_DATA,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+  if name not in PRESETS:
+    raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+  return PRESETS[name]
+
+
+def preset_names() -> list[str]:
+  return sorted(PRESETS)
