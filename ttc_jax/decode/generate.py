@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc_jax.decode.loop import DecodeState, decode_jit, prefill_and_decode
+from ttc_jax.decode.loop import SEGMENT_STEPS, DecodeState, decode_jit, prefill_and_decode
 from ttc_jax.decode.samplers import Greedy, Sampler
 from ttc_jax.model.cache import init_cache
 from ttc_jax.model.config import ModelConfig
@@ -150,7 +150,8 @@ def continue_generate(cfg: ModelConfig, params: dict, previous: DecodeOutput, *,
   _check_max_new(max_new_tokens)
   state = previous.state
   batch = state.next_logits.shape[0]
-  room = int(state.cache.capacity - 1 - jnp.max(state.cache.lengths))
+  longest = int(jnp.max(state.cache.lengths))  # one host read; buckets the segment plan
+  room = state.cache.capacity - 1 - longest
   if max_new_tokens > room:
     raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the cache room left ({room}); "
                      "pass extra_capacity to generate")
@@ -160,5 +161,6 @@ def continue_generate(cfg: ModelConfig, params: dict, previous: DecodeOutput, *,
       max_new=jnp.full((batch,), max_new_tokens, jnp.int32),
       stop_tokens=_stop_array(stop_tokens, cfg.vocab_size), sampler=sampler,
       buffer_len=next_power_of_two(max_new_tokens), pad_id=pad_id,
-      active=None if active is None else jnp.asarray(active, bool))
+      active=None if active is None else jnp.asarray(active, bool),
+      max_start=round_up(longest, SEGMENT_STEPS))
   return _output(out, max_new_tokens)

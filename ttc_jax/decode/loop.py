@@ -70,19 +70,47 @@ def _is_stop(tokens: jax.Array, stop_tokens: jax.Array) -> jax.Array:
   return jnp.any(tokens[:, None] == stop_tokens[None, :], axis=-1)
 
 
+SEGMENT_STEPS = 32
+
+
+def segment_plan(capacity: int, max_start: int | None, buffer_len: int,
+                 segment: int = SEGMENT_STEPS) -> list[tuple[int, int]]:
+  """(cache width, loop step limit) per decode segment.
+
+  Attention over the whole cache capacity wastes work while rows are short, and
+  slicing the cache inside the loop makes XLA copy it every step. So decode
+  runs in segments of `segment` steps, each over a cache just wide enough for
+  every position reachable by its end (rows start at <= max_start) plus the
+  scratch slot, resized once between segments (DESIGN.md item 4: +27%).
+  """
+  if max_start is None:
+    return [(capacity, buffer_len)]
+  plan = []
+  for end in range(segment, buffer_len + segment, segment):
+    width = min(capacity, -(-(max_start + end + 1) // 16) * 16)  # aligned widths vectorise better
+    limit = min(end, buffer_len)
+    if plan and plan[-1][0] == width:
+      plan[-1] = (width, limit)
+    else:
+      plan.append((width, limit))
+  return plan
+
+
 def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Array, *,
            seed: jax.Array, row_streams: jax.Array, max_new: jax.Array, stop_tokens: jax.Array,
            sampler: Sampler, buffer_len: int, pad_id: int = 0,
-           active: jax.Array | None = None) -> DecodeState:
+           active: jax.Array | None = None, max_start: int | None = None) -> DecodeState:
   """Samples up to max_new[b] tokens per row (max_new [B] <= buffer_len), on device.
 
   A row stops after emitting a token in `stop_tokens` [S] (it is kept and fed
   to the cache), after max_new[b] tokens, or when its cache is full. Rows with
-  `active` False take no step at all.
+  `active` False take no step at all. max_start (static): an upper bound on
+  cache.lengths, which enables segmented decoding (see `segment_plan`).
   """
   b = next_logits.shape[0]
+  capacity = cache.capacity
   done0 = jnp.zeros((b,), bool) if active is None else ~active
-  done0 = done0 | (max_new <= 0) | (cache.lengths >= cache.capacity - 1)
+  done0 = done0 | (max_new <= 0) | (cache.lengths >= capacity - 1)
   state = DecodeState(
       cache=cache, next_logits=next_logits,
       tokens=jnp.full((b, buffer_len), pad_id, jnp.int32),
@@ -90,8 +118,6 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
       num_new=jnp.zeros((b,), jnp.int32), done=done0,
       stopped_on_token=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32))
 
-  def cond(s: DecodeState):
-    return (s.step < buffer_len) & ~jnp.all(s.done)
 
   def body(s: DecodeState) -> DecodeState:
     active_now = ~s.done
@@ -105,14 +131,18 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
     lengths = jnp.where(active_now, cache.lengths, s.cache.lengths)
     num_new = s.num_new + active_now
     hit_stop = active_now & _is_stop(token, stop_tokens)
-    done = s.done | hit_stop | (num_new >= max_new) | (lengths >= cache.capacity - 1)
+    done = s.done | hit_stop | (num_new >= max_new) | (lengths >= capacity - 1)
     return DecodeState(
         cache=cache.replace(lengths=lengths),
         next_logits=jnp.where(active_now[:, None], logits[:, 0], s.next_logits),
         tokens=tokens, logprobs=logprobs, num_new=num_new, done=done,
         stopped_on_token=s.stopped_on_token | hit_stop, step=s.step + 1)
 
-  return jax.lax.while_loop(cond, body, state)
+  for width, limit in segment_plan(capacity, max_start, buffer_len):
+    state = dataclasses.replace(state, cache=state.cache.resize(width))
+    state = jax.lax.while_loop(lambda s, limit=limit: (s.step < limit) & ~jnp.all(s.done),
+                               body, state)
+  return dataclasses.replace(state, cache=state.cache.resize(capacity))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler", "buffer_len", "pad_id"),
@@ -125,8 +155,9 @@ def prefill_and_decode(cfg: ModelConfig, params: dict, prompt_tokens: jax.Array,
   next_logits, cache = prefill(cfg, params, prompt_tokens, prompt_lengths, cache)
   return decode(cfg, params, cache, next_logits, seed=seed, row_streams=row_streams,
                 max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
-                buffer_len=buffer_len, pad_id=pad_id)
+                buffer_len=buffer_len, pad_id=pad_id, max_start=prompt_tokens.shape[1])
 
 
-decode_jit = jax.jit(decode, static_argnames=("cfg", "sampler", "buffer_len", "pad_id"),
+decode_jit = jax.jit(decode, static_argnames=("cfg", "sampler", "buffer_len", "pad_id",
+                                              "max_start"),
                      donate_argnames=("cache",))

@@ -34,6 +34,21 @@ class KVCache:
   def replace(self, **changes) -> "KVCache":
     return dataclasses.replace(self, **changes)
 
+  def resize(self, width: int) -> "KVCache":
+    """The same cache with `width` time slots: truncated or zero-padded (a copy).
+
+    Decoding in segments attends over a cache only as wide as the positions
+    reachable so far; this is the one copy per segment that makes it possible.
+    """
+    cur = self.capacity
+    if width == cur:
+      return self
+    if width < cur:
+      fit = lambda x: x[:, :, :width]
+    else:
+      fit = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, width - cur), (0, 0)))
+    return KVCache([fit(k) for k in self.k], [fit(v) for v in self.v], self.lengths)
+
   def gather_rows(self, index: jax.Array) -> "KVCache":
     """Rows reordered/duplicated by `index` [B'] (beam reordering, sample fan-out)."""
     take = lambda x: jnp.take(x, index, axis=0)
