@@ -19,6 +19,7 @@ from absl import app, flags, logging
 import numpy as np
 import tqdm
 
+from ttc_jax import distributed, sharding
 from ttc_jax.checkpoints import load_policy, load_run_task, write_json_atomic
 from ttc_jax.decode import Greedy, Temperature
 from ttc_jax.evaluation import coverage, pass_rate_histogram, sample_solutions
@@ -32,7 +33,12 @@ flags.DEFINE_integer("max_new_tokens", 112, "Generation limit per solution.")
 flags.DEFINE_integer("batch_size", 256, "Rows (question x sample) per decode call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("json_out", None, "Output JSON file (default: CHECKPOINT/eval.json).")
+flags.DEFINE_integer("mesh_data", None, "Data-parallel devices (default: all). On a CPU "
+                     "backend, --local_device_count=2 makes two XLA:CPU devices, which decode "
+                     "~1.6x faster on 2 cores than one (BUILD_NOTES.md).")
+flags.DEFINE_integer("mesh_model", 1, "Model-parallel devices.")
 flags.mark_flag_as_required("checkpoint")
+distributed.define_flags()
 
 
 def _breakdown(problems, greedy_correct, sample_correct, keys) -> dict:
@@ -49,15 +55,17 @@ def _breakdown(problems, greedy_correct, sample_correct, keys) -> dict:
 
 
 def evaluate(checkpoint: str, num_questions: int, samples: int, temperature: float,
-             max_new_tokens: int, batch_size: int, seed: int) -> dict:
+             max_new_tokens: int, batch_size: int, seed: int, mesh=None) -> dict:
   cfg, params, tokenizer = load_policy(checkpoint)
+  if mesh is not None:
+    params = sharding.shard_params(params, cfg, mesh)
   task = load_run_task(checkpoint)
   if num_questions < 1:
     raise ValueError(f"num_questions must be >= 1, got {num_questions}")
   test_set = task.test_problems()
   # An evenly strided subset keeps every difficulty level in a small evaluation.
   problems = test_set[::max(1, len(test_set) // num_questions)][:num_questions]
-  common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+  common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, mesh=mesh)
   total_rows = len(problems) * (1 + samples)
   with tqdm.tqdm(total=total_rows, desc="evaluate", unit="sample") as bar:
     t0 = time.perf_counter()
@@ -104,8 +112,10 @@ def format_table(result: dict) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  distributed.initialize_from_flags()
+  mesh = sharding.make_mesh(data=FLAGS.mesh_data, model=FLAGS.mesh_model)
   result = evaluate(FLAGS.checkpoint, FLAGS.num_questions, FLAGS.samples, FLAGS.temperature,
-                    FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed)
+                    FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed, mesh=mesh)
   out = FLAGS.json_out or os.path.join(FLAGS.checkpoint, "eval.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json_atomic(out, result)

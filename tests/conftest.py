@@ -2,10 +2,16 @@
 
 import jax
 import pytest
+from hypothesis import settings
 
 from ttc_jax.model import ModelConfig, init_params
 
 jax.config.update("jax_threefry_partitionable", True)
+
+# Fixed seeds everywhere: hypothesis draws the same examples on every run.
+settings.register_profile("deterministic", derandomize=True, deadline=None,
+                          print_blob=True)
+settings.load_profile("deterministic")
 
 
 def tiny_config(**overrides) -> ModelConfig:

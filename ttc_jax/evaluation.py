@@ -33,12 +33,13 @@ def prompt_ids(task: Task, tokenizer, problem: Problem) -> list[int]:
 def sample_solutions(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                      problems: Sequence[Problem], *, n: int, sampler: Sampler = Greedy(),
                      seed: int = 0, max_new_tokens: int = 112, batch_size: int = 256,
-                     progress=None) -> Samples:
+                     progress=None, mesh=None) -> Samples:
   """n completions per problem, batched over (problem, sample) rows.
 
   Each row's random stream is (question index * n + sample index), so results
   do not depend on `batch_size`. The last batch is padded with repeats of its
-  first row to keep one compiled shape.
+  first row to keep one compiled shape. mesh: optional ("data", "model") mesh
+  (pass params already sharded with `ttc_jax.sharding.shard_params`).
   """
   if n < 1:
     raise ValueError(f"n (samples per question) must be >= 1, got {n}")
@@ -54,7 +55,8 @@ def sample_solutions(cfg: ModelConfig, params: dict, tokenizer, task: Task,
     padded = chunk + [chunk[0]] * (batch_size - len(chunk))
     out = generate(cfg, params, [prompts[q] for q, _ in padded], max_new_tokens=max_new_tokens,
                    sampler=sampler, seed=seed, stop_tokens=[tokenizer.eos_id],
-                   pad_id=tokenizer.pad_id, row_streams=[q * n + s for q, s in padded])
+                   pad_id=tokenizer.pad_id, row_streams=[q * n + s for q, s in padded],
+                   mesh=mesh)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)  # one host copy
     for i, (q, s) in enumerate(chunk):
       text = tokenizer.decode(tokens[i, :lengths[i]].tolist())
