@@ -6,7 +6,6 @@ from hypothesis import settings
 
 from ttc_jax.model import ModelConfig, init_params
 
-jax.config.update("jax_threefry_partitionable", True)
 
 # Fixed seeds everywhere: hypothesis draws the same examples on every run.
 settings.register_profile("deterministic", derandomize=True, deadline=None,
