@@ -13,8 +13,11 @@ on) and ends bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags, logging
+
+from ttc_jax import distributed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "smoke", "Preset name (ttc_jax.train.presets): smoke, small, large.")
@@ -31,19 +34,39 @@ flags.DEFINE_integer("seed", None, "Override: init / batch-order seed.")
 flags.DEFINE_bool("resume", True, "Resume from out_dir's newest good checkpoint if any.")
 flags.DEFINE_integer("mesh_data", None, "Data-parallel mesh axis (default: all devices / model).")
 flags.DEFINE_integer("mesh_model", 1, "Model-parallel mesh axis.")
-flags.DEFINE_integer("cpu_devices", 0, "If > 0: fake this many CPU devices (testing sharding).")
+flags.DEFINE_integer(
+    "cpu_devices", -1, "Fake this many XLA:CPU devices (a CPU backend only; GPU/TPU runs "
+    "ignore it). -1 (default): mesh_data x mesh_model / num_processes when --mesh_data "
+    "is given, else 2 per process, "
+    "unless JAX_NUM_CPU_DEVICES or XLA_FLAGS already set a count. 0: leave JAX's default "
+    "(one device). XLA:CPU runs some ops of a step single-threaded, so two devices on the "
+    "data axis train faster on 2 cores: measured 19.0k -> 27.5k tok/s (small preset) and "
+    "4.4k -> 5.0k tok/s (large) at batch 64; ~30k / ~5.7k tok/s at the presets' batch 32.")
 flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) at this step, as if "
                      "interrupted; the schedule still spans the full run.")
 flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
 flags.mark_flag_as_required("out_dir")
+distributed.define_flags(local_device_count=False)  # --cpu_devices plays that part here
+
+
+def _cpu_device_count() -> int:
+  """How many fake CPU devices to ask for (0: leave JAX's setting alone)."""
+  if FLAGS.cpu_devices >= 0:
+    return FLAGS.cpu_devices
+  if os.environ.get("JAX_NUM_CPU_DEVICES") or "xla_force_host_platform_device_count" in \
+      os.environ.get("XLA_FLAGS", ""):
+    return 0
+  if FLAGS.mesh_data is not None:  # the mesh is global: each process holds its share
+    return max(1, FLAGS.mesh_data * FLAGS.mesh_model // max(1, FLAGS.num_processes))
+  return 2
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  import jax
-  if FLAGS.cpu_devices > 0:
-    jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
+  n_cpu = _cpu_device_count()
+  distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id, n_cpu if n_cpu > 0 else None)
   from ttc_jax import sharding
   from ttc_jax.train import get_preset, train
 
@@ -56,11 +79,12 @@ def main(argv):
                  stop_at_step=FLAGS.stop_at_step, progress=FLAGS.progress,
                  log=lambda s: print(s, flush=True))
   summary = result.summary()
+  n_dev = mesh.devices.size  # MFU is against n_dev x the one-device matmul peak
   print("summary: " + json.dumps(summary, sort_keys=True), flush=True)
   print(f"trained {FLAGS.preset} to step {result.step}/{result.total_steps} "
         f"(non-embedding params {summary['non_embedding_params']:,}); "
         f"train loss {result.train_loss}, eval loss {result.eval_loss}; "
-        f"{result.tokens_per_s:,.0f} tok/s, MFU {result.mfu:.1%} of "
+        f"{result.tokens_per_s:,.0f} tok/s, MFU {result.mfu:.1%} of {n_dev} x "
         f"{result.peak_gflops:.0f} GFLOP/s; checkpoint + tokenizer in {result.out_dir}",
         flush=True)
   return 0

@@ -99,8 +99,9 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def define_flags(flag_values=None) -> None:
-  """Defines --coordinator_address, --num_processes, --process_id, --local_device_count.
+def define_flags(flag_values=None, local_device_count: bool = True) -> None:
+  """Defines --coordinator_address, --num_processes, --process_id (and
+  --local_device_count unless the script has its own CPU-device flag).
 
   Safe to call more than once (already-defined flags are left alone).
   """
@@ -114,6 +115,8 @@ def define_flags(flag_values=None) -> None:
       (flags.DEFINE_integer, "local_device_count", None,
        "fake CPU devices per process (jax_num_cpu_devices); unset = JAX default"),
   ]
+  if not local_device_count:
+    defs = defs[:3]
   for define, name, default, help_ in defs:
     if name not in fv:
       define(name, default, help_, flag_values=fv)

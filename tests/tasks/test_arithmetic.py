@@ -177,6 +177,14 @@ def test_registry():
         get_task("nope")
 
 
+def test_options_read_back_from_json_stay_hashable():
+    # A run's sidecar stores task options as JSON, so tuples come back as lists.
+    task = get_task("arithmetic", digit_weights=[0.5, 0.5], bound=99, test_size=12)
+    assert task.config.digit_weights == (0.5, 0.5)
+    assert task.config == ArithmeticConfig(digit_weights=(0.5, 0.5), bound=99, test_size=12)
+    assert len(task.test_problems()) == 12  # keys the cached test set
+
+
 # ---------------------------------------------------------------- grading and steps
 
 
