@@ -93,6 +93,14 @@ def _qkv(cfg: ModelConfig, layer: dict, h: jax.Array):
   return q, k, v
 
 
+def _dropout(x: jax.Array, rng: jax.Array | None, index: int, rate: float) -> jax.Array:
+  """Inverted dropout with an independent mask per call site `index`; identity without rng."""
+  if rng is None or rate <= 0.0:
+    return x
+  keep = jax.random.bernoulli(jax.random.fold_in(rng, index), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
 def embed_tokens(cfg: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
   x = jnp.take(params["embed"], tokens, axis=0)  # [B,T,D]
   if cfg.scale_embeddings:
@@ -108,7 +116,8 @@ def unembed(cfg: ModelConfig, params: dict, x: jax.Array) -> jax.Array:
 
 def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
                    positions: jax.Array | None = None, cache: KVCache | None = None,
-                   cache_is_empty: bool = False):
+                   cache_is_empty: bool = False, dropout_rng: jax.Array | None = None,
+                   dropout_rate: float = 0.0):
   """Runs the trunk; returns (final-normed hidden [B, T, D], cache).
 
   Without a cache this is a full causal forward over `tokens`. With a cache the
@@ -116,7 +125,9 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
   cache length onwards) and attention covers the whole cache; the returned
   cache's lengths become positions[:, -1] + 1. `cache_is_empty` (static; a
   prefill into a fresh cache) attends over the new tokens only instead of the
-  whole cache capacity: same result, less work.
+  whole cache capacity: same result, less work. dropout_rng + dropout_rate
+  (training only, e.g. the PRM's 0.05): residual dropout on every attention
+  and MLP output.
   """
   b, t = tokens.shape
   if positions is None:
@@ -141,9 +152,10 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
         keys, values = new_k[-1], new_v[-1]
         k_pos = jnp.broadcast_to(jnp.arange(keys.shape[2], dtype=jnp.int32), (b, keys.shape[2]))
     attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
-    x = x + jnp.einsum("bthe,hed->btd", attn, layer["wo"])
+    x = x + _dropout(jnp.einsum("bthe,hed->btd", attn, layer["wo"]), dropout_rng, 2 * i,
+                     dropout_rate)
     h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps, cfg.norm_plus_one)
-    x = x + _mlp(cfg, layer, h)
+    x = x + _dropout(_mlp(cfg, layer, h), dropout_rng, 2 * i + 1, dropout_rate)
   x = rms_norm(x, params["final_norm"], cfg.norm_eps, cfg.norm_plus_one)
   if cache is not None:
     cache = KVCache(new_k, new_v, positions[:, -1] + 1)

@@ -1,0 +1,158 @@
+"""Search invariants on a tiny random policy and verifier (fixed seeds)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+from ttc_jax.decode import Greedy, Temperature, generate
+from ttc_jax.model import init_params
+from ttc_jax.search import SearchConfig, search
+from ttc_jax.search.selection import answer_ids, select
+from ttc_jax.verifier import VerifierConfig, init_verifier, step_scores
+
+# Frequent tokens of this random model play the step delimiter and EOS.
+STEP, EOS = 22, 15
+CFG = tiny_config()
+PROMPTS = [[1, 5, 6], [1, 9, 9, 9, 9], [1, 4], [1, 30, 31]]
+LIMITS = dict(max_solution_tokens=24, max_step_tokens=8, max_steps=24)
+
+
+@pytest.fixture(scope="module")
+def models():
+  policy = init_params(CFG, jax.random.key(0))
+  vcfg = VerifierConfig(model=CFG, head="value", step_token_id=STEP)
+  return policy, vcfg, init_verifier(vcfg, jax.random.key(1), policy)
+
+
+def _search(models, prompts=PROMPTS, seed=0, streams=None, **kw):
+  policy, vcfg, vparams = models
+  scfg = SearchConfig(**{**LIMITS, **kw})
+  return search(CFG, policy, vcfg, vparams, prompts, scfg, eos_id=EOS, seed=seed,
+                prompt_streams=streams, prompt_width=8)
+
+
+def _solutions(out):
+  return [[out.tokens[q, i, :out.lengths[q, i]].tolist() for i in range(out.tokens.shape[1])]
+          for q in range(out.tokens.shape[0])]
+
+
+def test_beam_n1_m1_at_temperature_zero_is_greedy_decoding(models):
+  policy, _, _ = models
+  out = _search(models, method="beam", n=1, m=1, sampler=Greedy())
+  greedy = generate(CFG, policy, PROMPTS, max_new_tokens=24, sampler=Greedy(), stop_tokens=[EOS])
+  for q in range(len(PROMPTS)):
+    want = np.asarray(greedy.tokens[q, :greedy.lengths[q]]).tolist()
+    assert _solutions(out)[q][0] == want
+  assert out.step_mask.sum() > len(PROMPTS)  # several steps per solution were searched
+
+
+@pytest.mark.parametrize("method", ["beam", "dvts"])
+def test_exactly_n_candidates_within_budget(models, method):
+  out = _search(models, method=method, n=8, m=2, max_rounds=5)
+  assert out.tokens.shape[:2] == (len(PROMPTS), 8)
+  assert (out.budget.generations == 8).all()
+  assert (out.lengths <= LIMITS["max_solution_tokens"]).all()
+  # Never more than N rows sample a step in a round, never more than a solution each.
+  assert (out.budget.policy_tokens <= 8 * LIMITS["max_solution_tokens"]).all()
+  assert (out.budget.rounds <= 5).all()
+  # Each candidate's generated tokens are counted: the spend covers the survivors.
+  assert (out.budget.policy_tokens >= out.lengths.max(axis=1)).all()
+
+
+def test_lookahead_k0_is_beam_search(models):
+  beam = _search(models, method="beam", n=4, m=2)
+  look = _search(models, method="lookahead", n=4, m=2, k=0)
+  np.testing.assert_array_equal(beam.tokens, look.tokens)
+  np.testing.assert_array_equal(beam.step_scores, look.step_scores)
+
+
+def test_lookahead_rollout_changes_the_ranking(models):
+  # One round: both sample the same first steps (same seed, streams and
+  # positions; rollouts are greedy and draw nothing), so any difference in the
+  # kept prefixes comes from ranking by the rollout's end score.
+  beam = _search(models, method="beam", n=4, m=2, max_rounds=1)
+  look = _search(models, method="lookahead", n=4, m=2, k=2, max_rounds=1)
+  assert not np.array_equal(beam.tokens, look.tokens)
+  assert (look.budget.generations == 12).all()  # N * (k + 1)
+  assert (look.budget.policy_tokens > beam.budget.policy_tokens).all()
+
+
+@pytest.mark.parametrize("method,extra", [("beam", {}), ("lookahead", {"k": 1}),
+                                          ("best_of_n", {})])
+def test_search_step_scores_equal_one_pass_rescoring(models, method, extra):
+  """The verifier's incremental KV-cached scores (rewound after lookahead) == full re-scoring."""
+  _, vcfg, vparams = models
+  # Steps as long as a solution: every step ends at a tag, EOS or the solution
+  # limit, the places one-pass scoring reads (a step cut at max_step_tokens
+  # is a step boundary only search knows about).
+  out = _search(models, method=method, n=4, m=2, sampler=Temperature(1.0),
+                max_step_tokens=24, **extra)
+  for q, prompt in enumerate(PROMPTS):
+    for i in range(4):
+      sol = out.tokens[q, i, :out.lengths[q, i]].tolist()
+      if sol and sol[-1] == EOS:
+        sol = sol[:-1]
+      row = jnp.asarray([prompt + sol + [0] * (40 - len(prompt) - len(sol))])
+      s, mask = step_scores(vcfg, vparams, row, jnp.asarray([len(prompt)]),
+                            jnp.asarray([len(prompt) + len(sol)]), max_steps=24)
+      n_steps = int(out.step_mask[q, i].sum())
+      assert int(np.asarray(mask).sum()) == n_steps
+      np.testing.assert_allclose(out.step_scores[q, i, :n_steps], np.asarray(s[0, :n_steps]),
+                                 rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_identical_and_other_seed_differs(models):
+  a = _search(models, method="beam", n=4, m=2, seed=3)
+  b = _search(models, method="beam", n=4, m=2, seed=3)
+  c = _search(models, method="beam", n=4, m=2, seed=4)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.step_scores, b.step_scores)
+  assert not np.array_equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("method", ["beam", "best_of_n"])
+def test_batch_equals_one_prompt_at_a_time(models, method):
+  batched = _search(models, method=method, n=4, m=2, streams=[10, 11, 12, 13])
+  for q, prompt in enumerate(PROMPTS):
+    alone = _search(models, [prompt], method=method, n=4, m=2, streams=[10 + q])
+    np.testing.assert_array_equal(alone.tokens[0], batched.tokens[q])
+    np.testing.assert_allclose(alone.step_scores[0], batched.step_scores[q], rtol=1e-5)
+
+
+def test_weighted_with_constant_verifier_is_majority_vote(models):
+  policy, vcfg, vparams = models
+  constant = dict(vparams, head={"w": jnp.zeros_like(vparams["head"]["w"]),
+                                 "b": jnp.float32(0.3)})
+  out = search(CFG, policy, vcfg, constant, PROMPTS, SearchConfig("best_of_n", 8, **LIMITS),
+               eos_id=EOS)
+  # "Answer" = the last solution token: a few distinct values per prompt.
+  answers = [[str(t[-2]) if len(t) > 1 else None for t in row] for row in _solutions(out)]
+  ids = jnp.asarray(answer_ids(answers))
+  scores = jnp.asarray(out.scores("last"))
+  assert np.allclose(np.asarray(scores)[np.asarray(out.step_mask).any(-1)], 1 / (1 + np.exp(-0.3)))
+  np.testing.assert_array_equal(np.asarray(select("weighted", ids, scores)),
+                                np.asarray(select("majority", ids, scores)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(method="beam", n=6, m=4), "not divisible"),
+    (dict(method="beam", n=4, m=8), "beam width"),
+    (dict(method="lookahead", n=4, m=2, k=-1), "k must be >= 0"),
+    (dict(method="beam", n=4, m=2, k=1), "only apply to method 'lookahead'"),
+    (dict(method="mcts", n=4), "search method"),
+    (dict(method="best_of_n", n=0), "n \\(generations"),
+])
+def test_bad_search_configs(kw, match):
+  with pytest.raises(ValueError, match=match):
+    SearchConfig(**kw)
+
+
+def test_verifier_with_another_vocabulary_is_rejected(models):
+  policy, _, _ = models
+  other = CFG.replace(vocab_size=80)
+  vcfg = VerifierConfig(model=other, step_token_id=STEP)
+  vparams = init_verifier(vcfg, jax.random.key(0))
+  with pytest.raises(ValueError, match="share a tokenizer"):
+    search(CFG, policy, vcfg, vparams, PROMPTS, SearchConfig("beam", 4, m=2), eos_id=EOS)

@@ -1,0 +1,110 @@
+"""Host API: token-id lists in, per-prompt candidates with scores and budgets out."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ttc_jax.decode.generate import pad_prompts, round_up
+from ttc_jax.model import ModelConfig
+from ttc_jax.search.config import Budget, SearchConfig, forward_flops
+from ttc_jax.search.engine import run_search
+from ttc_jax.verifier.aggregate import get_aggregation
+from ttc_jax.verifier.model import VerifierConfig, check_compatible
+
+
+@dataclasses.dataclass
+class SearchOutput:
+  """Numpy results of one search: Q prompts x N candidates."""
+  tokens: np.ndarray  # [Q, N, T] solution tokens (EOS included), pad after
+  lengths: np.ndarray  # [Q, N]
+  step_scores: np.ndarray  # [Q, N, S]
+  step_mask: np.ndarray  # [Q, N, S] bool
+  finished: np.ndarray  # [Q, N] bool: ended with EOS
+  budget: Budget
+
+  @property
+  def num_prompts(self) -> int:
+    return self.tokens.shape[0]
+
+  def texts(self, tokenizer) -> list[list[str]]:
+    return [[tokenizer.decode(self.tokens[q, i, :self.lengths[q, i]])
+             for i in range(self.tokens.shape[1])] for q in range(self.num_prompts)]
+
+  def scores(self, aggregation: str = "last") -> np.ndarray:
+    """[Q, N] one score per candidate (`last`, `min` or `prod` over its steps)."""
+    return np.asarray(get_aggregation(aggregation)(jnp.asarray(self.step_scores),
+                                                   jnp.asarray(self.step_mask)))
+
+
+def search_capacity(prompt_width: int, scfg: SearchConfig, max_seq_len: int) -> int:
+  """Cache slots: prompt + solution + the chunk written past it (a step, lookahead
+  rollouts, or a whole best-of-N solution) + the decode loop's scratch slot."""
+  beyond = scfg.max_step_tokens * (scfg.k + 1) if scfg.stepwise else 0
+  needed = prompt_width + scfg.max_solution_tokens + beyond + 1
+  if needed > max_seq_len + 1:
+    raise ValueError(f"prompt width {prompt_width} + max_solution_tokens "
+                     f"{scfg.max_solution_tokens} + step room {beyond} exceeds the model's "
+                     f"max_seq_len {max_seq_len}")
+  return round_up(needed, 16)
+
+
+def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,
+           prompts: Sequence[Sequence[int]], scfg: SearchConfig, *, eos_id: int, pad_id: int = 0,
+           seed: int = 0, prompt_streams: Sequence[int] | None = None,
+           prompt_width: int | None = None) -> SearchOutput:
+  """Runs `scfg` over a batch of prompts in one jitted call.
+
+  prompts: token ids (BOS + prompt). The step delimiter is the verifier's
+  step token. prompt_streams [Q]: each prompt's random stream (default
+  0..Q-1): give a prompt the same stream to get the same search alone or in
+  a batch. prompt_width: pad prompts to this width (default: bucketed).
+  """
+  check_compatible(vcfg, pcfg)
+  tokens, lengths = pad_prompts(prompts, pcfg.vocab_size, pad_id)
+  if prompt_width is not None:
+    if prompt_width < lengths.max():
+      raise ValueError(f"prompt_width {prompt_width} < longest prompt {lengths.max()}")
+    tokens = np.pad(tokens, ((0, 0), (0, max(0, prompt_width - tokens.shape[1]))),
+                    constant_values=pad_id)[:, :prompt_width]
+  if not 0 <= eos_id < pcfg.vocab_size:
+    raise ValueError(f"eos_id {eos_id} outside the vocabulary [0, {pcfg.vocab_size})")
+  q = len(prompts)
+  streams = np.arange(q) if prompt_streams is None else np.asarray(prompt_streams)
+  if streams.shape != (q,):
+    raise ValueError(f"prompt_streams must have one entry per prompt ({q}), got {streams.shape}")
+  capacity = search_capacity(tokens.shape[1], scfg, max(pcfg.max_seq_len, vcfg.model.max_seq_len))
+  out = run_search(pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
+                   jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32),
+                   jnp.asarray([vcfg.step_token_id, eos_id], jnp.int32), capacity=capacity,
+                   eos_id=eos_id, pad_id=pad_id)
+  out = jax.device_get(out)  # one host copy
+  return _to_output(pcfg, vcfg, scfg, out, lengths)
+
+
+def _to_output(pcfg, vcfg, scfg, out, prompt_lengths: np.ndarray) -> SearchOutput:
+  q, n = len(prompt_lengths), scfg.n
+  per_prompt = lambda x: np.asarray(x).reshape(q, n).sum(axis=1)
+  c = out.counters
+  prompt_tokens = prompt_lengths.astype(np.int64)
+  prompt_context = prompt_tokens * (prompt_tokens + 1) / 2
+  policy_tokens, verifier_tokens = per_prompt(c.policy_tokens), per_prompt(c.verifier_tokens)
+  budget = Budget(
+      generations=np.full(q, scfg.generations),
+      policy_tokens=policy_tokens, policy_prompt_tokens=prompt_tokens,
+      verifier_tokens=verifier_tokens + prompt_tokens,
+      policy_flops=forward_flops(pcfg, policy_tokens + prompt_tokens,
+                                 per_prompt(c.policy_context) + prompt_context),
+      verifier_flops=forward_flops(vcfg.model, verifier_tokens + prompt_tokens,
+                                   per_prompt(c.verifier_context) + prompt_context),
+      rounds=np.full(q, int(out.rounds)))
+  s = scfg.max_steps
+  mask = np.arange(s)[None, :] < np.asarray(out.num_steps)[:, None]
+  return SearchOutput(
+      tokens=np.asarray(out.tokens).reshape(q, n, -1), lengths=np.asarray(out.lengths).reshape(q, n),
+      step_scores=np.asarray(out.step_scores).reshape(q, n, s), step_mask=mask.reshape(q, n, s),
+      finished=np.asarray(out.finished).reshape(q, n), budget=budget)

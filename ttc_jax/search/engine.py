@@ -1,0 +1,312 @@
+"""On-device search over a batch of prompts: one jitted call per search.
+
+Rows are (prompt, slot) pairs, R = Q * N, laid out prompt-major. The policy
+and the verifier each prefill every prompt once and copy its KV to the prompt's
+N rows. Then either
+
+  best-of-N: every row samples a whole solution, and the verifier scores all
+    its tokens in one chunk (step scores read at the step tags); or
+  step-wise search (beam / lookahead / DVTS): a `lax.while_loop` over rounds.
+    Each round every unfinished row samples one step (up to the step
+    delimiter), the verifier scores just that step's tokens over its own KV
+    cache, lookahead optionally rolls the row out k greedy steps and reads the
+    score there (then rewinds both caches: only lengths move, nothing is
+    copied), and each group of slots (the prompt for beam, a subtree for DVTS)
+    keeps its best unfinished prefixes and refills its unfinished slots with
+    their copies (a gather on the row axis).
+
+Budget rule (exactly N candidates, never more than N rows sampling a step):
+finished rows keep their slot and are not expanded; the A unfinished slots of
+a group are refilled by its top ceil(A / M) prefixes, M copies each in rank
+order (the last one fewer when M does not divide A). With no finished rows
+this is the paper's "keep N/M, expand each by M".
+
+Randomness: a row's uniforms come from (round seed, stream, position) with
+stream = prompt_stream * N + slot, so a prompt searched alone or in a batch
+draws the same numbers given the same prompt stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ttc_jax.decode.loop import decode, prefill
+from ttc_jax.decode.samplers import Greedy
+from ttc_jax.model import ModelConfig, init_cache
+from ttc_jax.search.config import SearchConfig
+from ttc_jax.verifier import model as vmodel
+from ttc_jax.verifier.model import VerifierConfig, VerifierState
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Counters:
+  """Per-row work done so far (device int32 / f32)."""
+  policy_tokens: jax.Array  # [R]
+  policy_context: jax.Array  # [R] f32: sum over fed tokens of their context length
+  verifier_tokens: jax.Array  # [R]
+  verifier_context: jax.Array  # [R] f32
+
+  @staticmethod
+  def zeros(rows: int) -> "Counters":
+    z = jnp.zeros((rows,), jnp.int32)
+    f = jnp.zeros((rows,), jnp.float32)
+    return Counters(z, f, z, f)
+
+  def add(self, policy_start, policy_n, verifier_start, verifier_n) -> "Counters":
+    return Counters(self.policy_tokens + policy_n,
+                    self.policy_context + _context_sum(policy_start, policy_n),
+                    self.verifier_tokens + verifier_n,
+                    self.verifier_context + _context_sum(verifier_start, verifier_n))
+
+
+def _context_sum(start: jax.Array, n: jax.Array) -> jax.Array:
+  """Sum of context lengths (position + 1) of n tokens fed from position `start` [R]."""
+  start, n = start.astype(jnp.float32), n.astype(jnp.float32)
+  return n * start + n * (n + 1) / 2
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SearchResult:
+  """Device outputs of one search (R = Q * N rows, prompt-major)."""
+  tokens: jax.Array  # [R, max_solution_tokens] the solution (EOS included), pad after
+  lengths: jax.Array  # [R]
+  step_scores: jax.Array  # [R, max_steps] verifier prefix score at each step's end
+  num_steps: jax.Array  # [R]
+  finished: jax.Array  # [R] bool: ended with EOS (else cut by a limit)
+  counters: Counters
+  rounds: jax.Array  # [] int32 rounds run (0 for best-of-N)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _State:
+  cache: object  # policy KVCache [R]
+  # counters are per slot but never gathered: a copied prefix's work is not
+  # spent again, and a dropped one's was spent; per-prompt sums stay exact.
+  next_logits: jax.Array  # [R, V]
+  verifier: VerifierState
+  tokens: jax.Array  # [R, max_solution_tokens + max_step_tokens]
+  lengths: jax.Array  # [R]
+  step_scores: jax.Array  # [R, max_steps]
+  num_steps: jax.Array  # [R]
+  finished: jax.Array  # [R] bool: no more steps (EOS, or a limit reached)
+  ended_eos: jax.Array  # [R] bool
+  counters: Counters
+  round: jax.Array  # []
+
+  def gather_rows(self, index: jax.Array) -> "_State":
+    take = lambda x: jnp.take(x, index, axis=0)
+    return _State(self.cache.gather_rows(index), take(self.next_logits),
+                  self.verifier.gather_rows(index), take(self.tokens), take(self.lengths),
+                  take(self.step_scores), take(self.num_steps), take(self.finished),
+                  take(self.ended_eos), self.counters, self.round)
+
+
+def _append(buffer: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
+  """Writes new [R, T] into buffer [R, W] at per-row offsets (W >= starts + T)."""
+  return jax.vmap(lambda b, n, s: jax.lax.dynamic_update_slice(b, n, (s,)))(buffer, new, starts)
+
+
+def _round_seed(seed: jax.Array, round_index: jax.Array) -> jax.Array:
+  """A fresh uint32 seed per round, so a copied prefix samples new continuations."""
+  key = jax.random.fold_in(jax.random.key(seed), round_index)
+  return jax.random.bits(key, dtype=jnp.uint32)
+
+
+def _content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int):
+  """(tokens before a final EOS [R], whether the chunk ended on EOS [R])."""
+  last = jnp.take_along_axis(tokens, jnp.maximum(num_new - 1, 0)[:, None], axis=1)[:, 0]
+  ended = (num_new > 0) & (last == eos_id)
+  return num_new - ended.astype(num_new.dtype), ended
+
+
+def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams, vparams,
+           prompts, prompt_lengths, capacity: int):
+  """Prefill policy and verifier once per prompt, then copy to the N rows."""
+  q = prompts.shape[0]
+  cache = init_cache(pcfg, q, capacity)
+  next_logits, cache = prefill(pcfg, pparams, prompts, prompt_lengths, cache)
+  vstate = vmodel.start(vcfg, vparams, prompts, prompt_lengths, capacity)
+  rows = jnp.repeat(jnp.arange(q), scfg.n)
+  return cache.gather_rows(rows), next_logits[rows], vstate.gather_rows(rows)
+
+
+def _sample_step(pcfg, pparams, cache, next_logits, *, seed, streams, max_new, active,
+                 stop_tokens, sampler, buffer_len, pad_id):
+  return decode(pcfg, pparams, cache, next_logits, seed=seed, row_streams=streams,
+                max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
+                buffer_len=buffer_len, pad_id=pad_id, active=active)
+
+
+def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,
+                    stop_tokens, eos_id, pad_id, sampler, room):
+  """Every `active` row samples one step and the verifier scores it.
+
+  room [R]: tokens the row may still generate. Returns (policy decode state,
+  verifier state, tokens [R, Ls], num_new [R], content [R], ended_eos [R], counters).
+  """
+  max_new = jnp.where(active, jnp.minimum(scfg.max_step_tokens, room), 0)
+  d = _sample_step(pcfg, pparams, s.cache, s.next_logits, seed=seed, streams=streams,
+                   max_new=max_new, active=active, stop_tokens=stop_tokens, sampler=sampler,
+                   buffer_len=scfg.max_step_tokens, pad_id=pad_id)
+  content, ended = _content_length(d.tokens, d.num_new, eos_id)
+  v_start = s.verifier.cache.lengths
+  verifier, _ = vmodel.extend(vcfg, vparams, s.verifier, d.tokens, content)
+  counters = s.counters.add(s.cache.lengths, d.num_new, v_start, content)
+  return d, verifier, content, ended, counters
+
+
+def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, stop_tokens,
+                      eos_id, pad_id, max_solution):
+  """Rolls every unfinished row k greedy steps ahead; returns (score there [R], counters).
+
+  Caches are rewound afterwards by restoring lengths only: the rollout wrote
+  beyond the committed positions, which stay masked and get overwritten.
+  """
+  rolling = ~s.finished
+  cache, next_logits, verifier = s.cache, s.next_logits, s.verifier
+  lengths, counters = s.lengths, s.counters
+  for _ in range(scfg.k):
+    probe = dataclasses.replace(s, cache=cache, next_logits=next_logits, verifier=verifier,
+                                counters=counters)
+    d, verifier, content, ended, counters = _step_and_score(
+        pcfg, vcfg, scfg, pparams, vparams, probe, seed=jnp.uint32(0), streams=streams,
+        active=rolling, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
+        sampler=Greedy(), room=max_solution - lengths)
+    cache, next_logits = d.cache, d.next_logits
+    lengths = lengths + d.num_new
+    rolling = rolling & ~ended & (d.num_new > 0) & (lengths < max_solution)
+  score = jnp.where(s.finished, s.verifier.score, verifier.score)
+  return score, counters, cache.replace(lengths=s.cache.lengths), verifier.cache.replace(
+      lengths=s.verifier.cache.lengths)
+
+
+def _select_parents(score: jax.Array, candidate: jax.Array, group: int, width: int) -> jax.Array:
+  """Row index [R] each slot copies from: candidates refilled by the top prefixes.
+
+  score, candidate [R]; groups of `group` consecutive slots compete; each kept
+  prefix fills `width` slots (rank order). Non-candidates keep themselves.
+  """
+  r = score.shape[0]
+  score_g = score.reshape(-1, group)
+  cand_g = candidate.reshape(-1, group)
+  order = jnp.argsort(jnp.where(cand_g, -score_g, jnp.inf), axis=1, stable=True)
+  cand_index = jnp.cumsum(cand_g, axis=1) - 1  # j-th candidate slot (slot order)
+  parent_rank = jnp.clip(cand_index // width, 0, group - 1)
+  parent = jnp.take_along_axis(order, parent_rank, axis=1)
+  slots = jnp.arange(group)[None, :]
+  parent = jnp.where(cand_g, parent, slots)
+  base = (jnp.arange(r // group) * group)[:, None]
+  return (base + parent).reshape(r)
+
+
+def init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, prompt_streams, *,
+               capacity: int, pad_id: int) -> tuple[_State, jax.Array]:
+  """The step-wise search state before round 1, and the row streams [R]."""
+  n, r = scfg.n, prompts.shape[0] * scfg.n
+  cache, next_logits, verifier = _start(pcfg, vcfg, scfg, pparams, vparams, prompts,
+                                        prompt_lengths, capacity)
+  width = scfg.max_solution_tokens + scfg.max_step_tokens
+  state = _State(cache, next_logits, verifier, jnp.full((r, width), pad_id, jnp.int32),
+                 jnp.zeros((r,), jnp.int32), jnp.zeros((r, scfg.max_steps), jnp.float32),
+                 jnp.zeros((r,), jnp.int32), jnp.zeros((r,), bool), jnp.zeros((r,), bool),
+                 Counters.zeros(r), jnp.zeros((), jnp.int32))
+  return state, _row_streams(prompt_streams, n)
+
+
+def _row_streams(prompt_streams: jax.Array, n: int) -> jax.Array:
+  slots = jnp.tile(jnp.arange(n, dtype=jnp.uint32), prompt_streams.shape[0])
+  return (jnp.repeat(prompt_streams.astype(jnp.uint32), n) * n + slots).astype(jnp.uint32)
+
+
+def search_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, streams, seed, stop_tokens, *,
+                 eos_id: int, pad_id: int) -> _State:
+  """One round: sample a step per unfinished row, score it, (look ahead,) select."""
+  r = streams.shape[0]
+  active = ~s.finished
+  d, verifier, content, ended, counters = _step_and_score(
+      pcfg, vcfg, scfg, pparams, vparams, s, seed=_round_seed(seed, s.round), streams=streams,
+      active=active, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
+      sampler=scfg.sampler, room=scfg.max_solution_tokens - s.lengths)
+  scored = active & (content > 0)
+  slot = jnp.minimum(s.num_steps, scfg.max_steps - 1)
+  step_scores = s.step_scores.at[jnp.arange(r), slot].set(
+      jnp.where(scored, verifier.score, s.step_scores[jnp.arange(r), slot]))
+  num_steps = s.num_steps + scored
+  lengths = s.lengths + d.num_new
+  finished = s.finished | ended | (active & (d.num_new == 0)) | (
+      lengths >= scfg.max_solution_tokens) | (num_steps >= scfg.max_steps)
+  s = _State(d.cache, d.next_logits, verifier, _append(s.tokens, d.tokens, s.lengths), lengths,
+             step_scores, num_steps, finished, s.ended_eos | ended, counters, s.round + 1)
+  rank_score = verifier.score
+  if scfg.k:
+    rank_score, counters, p_cache, v_cache = _lookahead_scores(
+        pcfg, vcfg, scfg, pparams, vparams, s, streams=streams, stop_tokens=stop_tokens,
+        eos_id=eos_id, pad_id=pad_id, max_solution=scfg.max_solution_tokens)
+    s = dataclasses.replace(s, cache=p_cache, counters=counters,
+                            verifier=dataclasses.replace(s.verifier, cache=v_cache))
+  parents = _select_parents(rank_score, ~s.finished, scfg.group_size, scfg.m)
+  return s.gather_rows(parents)
+
+
+def keep_going(scfg: SearchConfig, s: _State) -> jax.Array:
+  return (s.round < scfg.max_rounds) & ~jnp.all(s.finished)
+
+
+def final_result(scfg: SearchConfig, s: _State) -> SearchResult:
+  return SearchResult(s.tokens[:, :scfg.max_solution_tokens], s.lengths, s.step_scores,
+                      s.num_steps, s.ended_eos, s.counters, s.round)
+
+
+def _stepwise(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
+              *, capacity, stop_tokens, eos_id, pad_id) -> SearchResult:
+  state, streams = init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths,
+                              prompt_streams, capacity=capacity, pad_id=pad_id)
+  body = lambda s: search_round(pcfg, vcfg, scfg, pparams, vparams, s, streams, seed,
+                                stop_tokens, eos_id=eos_id, pad_id=pad_id)
+  state = jax.lax.while_loop(functools.partial(keep_going, scfg), body, state)
+  return final_result(scfg, state)
+
+
+def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
+               *, capacity, stop_tokens, eos_id, pad_id) -> SearchResult:
+  n, q = scfg.n, prompts.shape[0]
+  r = q * n
+  cache, next_logits, verifier = _start(pcfg, vcfg, scfg, pparams, vparams, prompts,
+                                        prompt_lengths, capacity)
+  d = decode(pcfg, pparams, cache, next_logits, seed=seed, row_streams=_row_streams(prompt_streams, n),
+             max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32),
+             stop_tokens=stop_tokens[-1:], sampler=scfg.sampler,
+             buffer_len=scfg.max_solution_tokens, pad_id=pad_id,
+             max_start=prompts.shape[1])
+  content, ended = _content_length(d.tokens, d.num_new, eos_id)
+  v_start = verifier.cache.lengths
+  _, scores = vmodel.extend(vcfg, vparams, verifier, d.tokens, content)
+  zeros = jnp.zeros((r,), jnp.int32)
+  where = vmodel.step_positions(vcfg, d.tokens, zeros, content)
+  step_scores, step_mask = vmodel.compact(scores, where, scfg.max_steps)
+  counters = Counters.zeros(r).add(jnp.repeat(prompt_lengths, n), d.num_new, v_start, content)
+  return SearchResult(d.tokens, d.num_new, step_scores, jnp.sum(step_mask, axis=1).astype(
+      jnp.int32), ended, counters, jnp.zeros((), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("pcfg", "vcfg", "scfg", "capacity", "eos_id",
+                                             "pad_id"))
+def run_search(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams: dict,
+               vparams: dict, prompts: jax.Array, prompt_lengths: jax.Array, seed: jax.Array,
+               prompt_streams: jax.Array, stop_tokens: jax.Array, *, capacity: int, eos_id: int,
+               pad_id: int) -> SearchResult:
+  """One jitted search over right-padded prompts [Q, P] (lengths [Q]).
+
+  stop_tokens [2] = (step delimiter, EOS). Returns a SearchResult over
+  R = Q * N rows. Use `ttc_jax.search.search` for lists of token ids.
+  """
+  fn = _best_of_n if scfg.method == "best_of_n" else _stepwise
+  return fn(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
+            capacity=capacity, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id)
