@@ -12,7 +12,7 @@ import numpy as np
 from ttc_jax.decode.generate import pad_prompts, round_up
 from ttc_jax.model import ModelConfig
 from ttc_jax.search.config import Budget, SearchConfig, forward_flops
-from ttc_jax.search.engine import run_search
+from ttc_jax.search.engine import run_search, sharded_search_fn
 from ttc_jax.verifier.aggregate import get_aggregation
 from ttc_jax.verifier.model import VerifierConfig, check_compatible
 
@@ -56,13 +56,17 @@ def search_capacity(prompt_width: int, scfg: SearchConfig, max_seq_len: int) -> 
 def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,
            prompts: Sequence[Sequence[int]], scfg: SearchConfig, *, eos_id: int, pad_id: int = 0,
            seed: int = 0, prompt_streams: Sequence[int] | None = None,
-           prompt_width: int | None = None) -> SearchOutput:
+           prompt_width: int | None = None, mesh=None) -> SearchOutput:
   """Runs `scfg` over a batch of prompts in one jitted call.
 
   prompts: token ids (BOS + prompt). The step delimiter is the verifier's
   step token. prompt_streams [Q]: each prompt's random stream (default
   0..Q-1): give a prompt the same stream to get the same search alone or in
   a batch. prompt_width: pad prompts to this width (default: bucketed).
+  mesh: a ("data", "model") mesh with model = 1: prompts are split over the
+  data axis, each device searching its own (on a 2-core CPU, two XLA:CPU
+  devices run ~1.6x faster than one: BUILD_NOTES.md). The batch is padded
+  with copies of its last prompt to a multiple of the data axis.
   """
   check_compatible(vcfg, pcfg)
   tokens, lengths = pad_prompts(prompts, pcfg.vocab_size, pad_id)
@@ -78,12 +82,25 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   if streams.shape != (q,):
     raise ValueError(f"prompt_streams must have one entry per prompt ({q}), got {streams.shape}")
   capacity = search_capacity(tokens.shape[1], scfg, max(pcfg.max_seq_len, vcfg.model.max_seq_len))
-  out = run_search(pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
-                   jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32),
-                   jnp.asarray([vcfg.step_token_id, eos_id], jnp.int32), capacity=capacity,
-                   eos_id=eos_id, pad_id=pad_id)
+  fn, padded = run_search, 0
+  if mesh is not None:
+    fn, padded = _mesh_search(mesh), -q % mesh.shape["data"]
+    tokens, lengths, streams = (np.concatenate([x, np.repeat(x[-1:], padded, axis=0)])
+                                for x in (tokens, lengths, streams))
+  out = fn(pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
+           jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32),
+           jnp.asarray([vcfg.step_token_id, eos_id], jnp.int32), capacity=capacity,
+           eos_id=eos_id, pad_id=pad_id)
   out = jax.device_get(out)  # one host copy
-  return _to_output(pcfg, vcfg, scfg, out, lengths)
+  out = jax.tree_util.tree_map(lambda x: x[:q * scfg.n], out)  # drop the padding prompts
+  return _to_output(pcfg, vcfg, scfg, out, lengths[:q])
+
+
+def _mesh_search(mesh):
+  if mesh.shape.get("model", 1) != 1:
+    raise ValueError(f"search shards prompts over the data axis only; got mesh {dict(mesh.shape)}"
+                     " (use model=1)")
+  return sharded_search_fn(mesh)
 
 
 def _to_output(pcfg, vcfg, scfg, out, prompt_lengths: np.ndarray) -> SearchOutput:
@@ -101,7 +118,7 @@ def _to_output(pcfg, vcfg, scfg, out, prompt_lengths: np.ndarray) -> SearchOutpu
                                  per_prompt(c.policy_context) + prompt_context),
       verifier_flops=forward_flops(vcfg.model, verifier_tokens + prompt_tokens,
                                    per_prompt(c.verifier_context) + prompt_context),
-      rounds=np.full(q, int(out.rounds)))
+      rounds=np.asarray(out.rounds).reshape(q, n).max(axis=1))
   s = scfg.max_steps
   mask = np.arange(s)[None, :] < np.asarray(out.num_steps)[:, None]
   return SearchOutput(

@@ -80,7 +80,7 @@ class SearchResult:
   num_steps: jax.Array  # [R]
   finished: jax.Array  # [R] bool: ended with EOS (else cut by a limit)
   counters: Counters
-  rounds: jax.Array  # [] int32 rounds run (0 for best-of-N)
+  rounds: jax.Array  # [R] int32 rounds in which the row's prompt was still searching
 
 
 @jax.tree_util.register_dataclass
@@ -98,6 +98,7 @@ class _State:
   finished: jax.Array  # [R] bool: no more steps (EOS, or a limit reached)
   ended_eos: jax.Array  # [R] bool
   counters: Counters
+  prompt_rounds: jax.Array  # [R] rounds the row's prompt had an unfinished row (not gathered)
   round: jax.Array  # []
 
   def gather_rows(self, index: jax.Array) -> "_State":
@@ -105,7 +106,7 @@ class _State:
     return _State(self.cache.gather_rows(index), take(self.next_logits),
                   self.verifier.gather_rows(index), take(self.tokens), take(self.lengths),
                   take(self.step_scores), take(self.num_steps), take(self.finished),
-                  take(self.ended_eos), self.counters, self.round)
+                  take(self.ended_eos), self.counters, self.prompt_rounds, self.round)
 
 
 def _append(buffer: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
@@ -216,7 +217,7 @@ def init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, prom
   state = _State(cache, next_logits, verifier, jnp.full((r, width), pad_id, jnp.int32),
                  jnp.zeros((r,), jnp.int32), jnp.zeros((r, scfg.max_steps), jnp.float32),
                  jnp.zeros((r,), jnp.int32), jnp.zeros((r,), bool), jnp.zeros((r,), bool),
-                 Counters.zeros(r), jnp.zeros((), jnp.int32))
+                 Counters.zeros(r), jnp.zeros((r,), jnp.int32), jnp.zeros((), jnp.int32))
   return state, _row_streams(prompt_streams, n)
 
 
@@ -242,8 +243,10 @@ def search_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, streams, seed, s
   lengths = s.lengths + d.num_new
   finished = s.finished | ended | (active & (d.num_new == 0)) | (
       lengths >= scfg.max_solution_tokens) | (num_steps >= scfg.max_steps)
+  searching = jnp.repeat(active.reshape(-1, scfg.n).any(axis=1), scfg.n)
   s = _State(d.cache, d.next_logits, verifier, _append(s.tokens, d.tokens, s.lengths), lengths,
-             step_scores, num_steps, finished, s.ended_eos | ended, counters, s.round + 1)
+             step_scores, num_steps, finished, s.ended_eos | ended, counters,
+             s.prompt_rounds + searching, s.round + 1)
   rank_score = verifier.score
   if scfg.k:
     rank_score, counters, p_cache, v_cache = _lookahead_scores(
@@ -261,7 +264,7 @@ def keep_going(scfg: SearchConfig, s: _State) -> jax.Array:
 
 def final_result(scfg: SearchConfig, s: _State) -> SearchResult:
   return SearchResult(s.tokens[:, :scfg.max_solution_tokens], s.lengths, s.step_scores,
-                      s.num_steps, s.ended_eos, s.counters, s.round)
+                      s.num_steps, s.ended_eos, s.counters, s.prompt_rounds)
 
 
 def _stepwise(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
@@ -293,20 +296,44 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
   step_scores, step_mask = vmodel.compact(scores, where, scfg.max_steps)
   counters = Counters.zeros(r).add(jnp.repeat(prompt_lengths, n), d.num_new, v_start, content)
   return SearchResult(d.tokens, d.num_new, step_scores, jnp.sum(step_mask, axis=1).astype(
-      jnp.int32), ended, counters, jnp.zeros((), jnp.int32))
+      jnp.int32), ended, counters, jnp.zeros((r,), jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("pcfg", "vcfg", "scfg", "capacity", "eos_id",
-                                             "pad_id"))
-def run_search(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams: dict,
-               vparams: dict, prompts: jax.Array, prompt_lengths: jax.Array, seed: jax.Array,
-               prompt_streams: jax.Array, stop_tokens: jax.Array, *, capacity: int, eos_id: int,
-               pad_id: int) -> SearchResult:
-  """One jitted search over right-padded prompts [Q, P] (lengths [Q]).
-
-  stop_tokens [2] = (step delimiter, EOS). Returns a SearchResult over
-  R = Q * N rows. Use `ttc_jax.search.search` for lists of token ids.
-  """
+def _search(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams: dict,
+            vparams: dict, prompts: jax.Array, prompt_lengths: jax.Array, seed: jax.Array,
+            prompt_streams: jax.Array, stop_tokens: jax.Array, *, capacity: int, eos_id: int,
+            pad_id: int) -> SearchResult:
   fn = _best_of_n if scfg.method == "best_of_n" else _stepwise
   return fn(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
             capacity=capacity, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id)
+
+
+_STATIC = ("pcfg", "vcfg", "scfg", "capacity", "eos_id", "pad_id")
+run_search = jax.jit(_search, static_argnames=_STATIC)
+run_search.__doc__ = """One jitted search over right-padded prompts [Q, P] (lengths [Q]).
+
+stop_tokens [2] = (step delimiter, EOS). Returns a SearchResult over
+R = Q * N rows. Use `ttc_jax.search.search` for lists of token ids.
+"""
+
+
+@functools.lru_cache(maxsize=32)
+def sharded_search_fn(mesh, data_axis: str = "data"):
+  """`run_search` data-parallel over `mesh`'s data axis (params replicated).
+
+  Prompts are independent, so each device searches its own slice of prompts
+  with its own while loop: no collective inside the search. Q must be a
+  multiple of the data axis size.
+  """
+  from jax.sharding import PartitionSpec as P
+  rows, rep = P(data_axis), P()
+
+  def fn(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
+         stop_tokens, *, capacity, eos_id, pad_id):
+    body = functools.partial(_search, pcfg, vcfg, scfg, capacity=capacity, eos_id=eos_id,
+                             pad_id=pad_id)
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, rows, rows, rep, rows, rep),
+                           out_specs=rows, check_vma=False)
+    return mapped(pparams, vparams, prompts, prompt_lengths, seed, prompt_streams, stop_tokens)
+
+  return jax.jit(fn, static_argnames=_STATIC)
