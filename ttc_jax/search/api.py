@@ -85,6 +85,7 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   fn, padded = run_search, 0
   if mesh is not None:
     fn, padded = _mesh_search(mesh), -q % mesh.shape["data"]
+    pparams, vparams = _replicated(pparams, mesh), _replicated(vparams, mesh)
     tokens, lengths, streams = (np.concatenate([x, np.repeat(x[-1:], padded, axis=0)])
                                 for x in (tokens, lengths, streams))
   out = fn(pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
@@ -94,6 +95,14 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   out = jax.device_get(out)  # one host copy
   out = jax.tree_util.tree_map(lambda x: x[:q * scfg.n], out)  # drop the padding prompts
   return _to_output(pcfg, vcfg, scfg, out, lengths[:q])
+
+
+def _replicated(params, mesh):
+  """Params on every device of the mesh (a no-op when they already are)."""
+  everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  placed = lambda x: isinstance(x, jax.Array) and x.sharding.is_equivalent_to(everywhere, x.ndim)
+  return jax.tree_util.tree_map(lambda x: x if placed(x) else jax.device_put(x, everywhere),
+                                params)
 
 
 def _mesh_search(mesh):

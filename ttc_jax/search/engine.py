@@ -158,9 +158,33 @@ def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, stre
                    buffer_len=scfg.max_step_tokens, pad_id=pad_id)
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
   v_start = s.verifier.cache.lengths
-  verifier, _ = vmodel.extend(vcfg, vparams, s.verifier, d.tokens, content)
+  verifier = _score_step(vcfg, vparams, s.verifier, d.tokens, content)
   counters = s.counters.add(s.cache.lengths, d.num_new, v_start, content)
   return d, verifier, content, ended, counters
+
+
+SCORE_CHUNK = 16
+
+
+def _score_step(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
+                content: jax.Array) -> VerifierState:
+  """Feeds a step's tokens [R, Ls] (content [R] real ones) to the verifier in
+  chunks of SCORE_CHUNK, only as many chunks as the longest step needs: steps
+  are usually far shorter than max_step_tokens (arithmetic: <= 14 of 32), and
+  one [R, Ls] chunk paid for every padded position (measured: 0.30 s of a
+  0.45 s round at 512 rows)."""
+  r, width = tokens.shape
+  chunks = -(-width // SCORE_CHUNK)
+  tokens = jnp.pad(tokens, ((0, 0), (0, chunks * SCORE_CHUNK - width)))
+
+  def body(carry):
+    j, state = carry
+    piece = jax.lax.dynamic_slice(tokens, (0, j * SCORE_CHUNK), (r, SCORE_CHUNK))
+    num = jnp.clip(content - j * SCORE_CHUNK, 0, SCORE_CHUNK)
+    return j + 1, vmodel.extend(vcfg, vparams, state, piece, num)[0]
+
+  more = lambda carry: (carry[0] < chunks) & jnp.any(content > carry[0] * SCORE_CHUNK)
+  return jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), verifier))[1]
 
 
 def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, stop_tokens,

@@ -175,14 +175,14 @@ def _eval_fn(cfg: ModelConfig, mesh, eval_batch_size: int) -> Callable:
 
 # ---------------------------------------------------------------- helpers
 
-def _append_jsonl(path: str, obj: dict) -> None:
+def append_jsonl(path: str, obj: dict) -> None:
   if jax.process_index() != 0:
     return
   with open(path, "a") as f:
     f.write(json.dumps(obj, sort_keys=True) + "\n")
 
 
-def _trim_metrics(path: str, last_step: int) -> None:
+def trim_metrics(path: str, last_step: int) -> None:
   """Drops lines logged after `last_step` (replayed by the resumed run) and
   any torn final line of a killed run; atomic rewrite."""
   if jax.process_index() != 0 or not os.path.exists(path):
@@ -357,7 +357,7 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
                "rng": r_train["rng"]}
       resumed_from = step0
       log(f"resumed from step {step0} in {ckpt.directory}")
-      _trim_metrics(metrics_path, step0)
+      trim_metrics(metrics_path, step0)
     else:
       log("no usable checkpoint: starting from scratch")
   if resumed_from is None and jax.process_index() == 0 and os.path.exists(metrics_path):
@@ -449,14 +449,14 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
              "mfu": perf.mfu(interval_flops / dt, peak, n_devices), "interval_s": dt}
       if not all(math.isfinite(float(m["loss_sum"])) for m in fetched):
         warnings.warn(f"non-finite loss at step {step}", stacklevel=2)
-      _append_jsonl(metrics_path, rec)
+      append_jsonl(metrics_path, rec)
       if bar is not None:
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}",
                         mfu=f"{rec['mfu']:.1%}", refresh=False)
         bar.update(step - bar.n)
       if do_eval:
         eval_loss = evaluate(state["params"])
-        _append_jsonl(metrics_path, {"kind": "eval", "step": step, "eval_loss": eval_loss})
+        append_jsonl(metrics_path, {"kind": "eval", "step": step, "eval_loss": eval_loss})
         if bar is not None and eval_loss is not None:
           bar.set_postfix(loss=f"{loss:.4f}", eval=f"{eval_loss:.4f}",
                           tok_s=f"{rec['tokens_per_s']:.0f}", mfu=f"{rec['mfu']:.1%}")
@@ -478,5 +478,5 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
       mfu=perf.mfu(flops_done / train_s, peak, n_devices) if train_s else 0.0,
       peak_gflops=peak)
   if result.step >= total_steps:
-    _append_jsonl(metrics_path, dict(result.summary(), kind="summary"))
+    append_jsonl(metrics_path, dict(result.summary(), kind="summary"))
   return result

@@ -1,0 +1,560 @@
+r"""Test-time search sweeps: one JSON line per (question, config, seed), resumable.
+
+  python -m experiments.run_search --policy=runs/small --prm=policy_logprob \
+      --method=best_of_n,beam,lookahead --n=4,16,64 --m=4,sqrt --k=1,3 \
+      --num_questions=100 --out_dir=runs/search_small
+
+Grid: every method x n x m x k x seed. `m` ("4", or "sqrt" for M = sqrt(N))
+applies to the step-wise methods (beam, lookahead, DVTS), `k` only to
+lookahead; best-of-N lines record m = null, k = 0. Combinations that are
+invalid (m > n, n % m != 0, sqrt(n) not an integer) are skipped with a note;
+if nothing valid is left the run stops with the reasons.
+
+--prm: a verifier run directory (`ttc_jax.verifier.checkpoint.load_verifier`),
+or "policy_logprob": an untrained token-level head on the policy's own weights
+(prefix score = prod_t sigmoid(log p(token_t) + 3)), a baseline that needs no
+training.
+
+Questions: the --split of --dataset ("arithmetic" = the policy run's built-in
+task; any other name is looked up in the task registry, so MATH / GSM8K readers
+plug in there), in a fixed shuffled order (--question_order=shuffled, seed 0)
+so any --num_questions prefix spans every difficulty, then
+[--question_offset, + --num_questions). A question's random stream is its
+index in the split, so its search does not depend on batching or offset.
+
+Output (out_dir/):
+  run.json       the settings every line depends on (policy, prm, dataset,
+                 limits); a restart with different ones is refused.
+  results.jsonl  one line per (question, config, seed): the config, every
+                 candidate's final answer, correctness, step scores and
+                 aggregated scores (each --aggregation), the chosen index and
+                 its correctness per selection ("majority", and
+                 "<selection>:<aggregation>" for the score-based ones), the
+                 budget (generations, policy / verifier tokens, FLOPs).
+  summary.json   accuracy per config x selection(:aggregation) over this
+                 sweep's lines, mean budget; also printed as a table.
+
+Resume: lines are appended a whole batch at a time, then flushed and fsynced;
+a restart with the same flags skips the lines present and drops a torn last
+line (an atomic rewrite of the good ones).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+import tqdm
+
+from ttc_jax.checkpoints import load_policy, load_run_task, write_json_atomic
+from ttc_jax.decode.samplers import Temperature
+from ttc_jax.evaluation import prompt_ids
+from ttc_jax.search import METHODS, SearchConfig, SearchOutput, search
+from ttc_jax.search.selection import SELECTIONS, answer_ids
+from ttc_jax.verifier.aggregate import AGGREGATIONS
+from ttc_jax.verifier.model import VerifierConfig, check_compatible, init_verifier
+
+POLICY_LOGPROB = "policy_logprob"
+RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = "summary.json"
+SETTINGS_FILE = "run.json"
+SCORE_DIGITS = 6  # step scores are rounded in the JSON lines (keeps N=256 lines small)
+AUTO_BATCH_ROWS = 512  # --batch_questions=0: about this many (question x candidate) rows per call
+# Jitted once per rule: op-by-op dispatch compiled every primitive per new shape.
+_SELECT = {name: jax.jit(rule) for name, rule in SELECTIONS.items()}
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Everything a sweep reads (the absl flags, as plain values)."""
+  policy: str
+  out_dir: str
+  prm: str = POLICY_LOGPROB
+  methods: tuple[str, ...] = ("best_of_n",)
+  ns: tuple[int, ...] = (4,)
+  ms: tuple[str, ...] = ("4",)
+  ks: tuple[int, ...] = (0,)
+  aggregations: tuple[str, ...] = ("last", "min", "prod")
+  selections: tuple[str, ...] = ("majority", "best_of_n", "weighted")
+  temperature: float = 1.0
+  seeds: tuple[int, ...] = (0,)
+  dataset: str = "arithmetic"
+  split: str = "test"
+  num_questions: int | None = None
+  question_offset: int = 0
+  question_order: str = "shuffled"
+  batch_questions: int = 0
+  max_step_tokens: int = 32
+  max_solution_tokens: int = 112
+  max_rounds: int = 40
+  max_steps: int = 48
+  write_texts: bool = False
+
+  def settings(self) -> dict:
+    """What every result line depends on besides its own config (run.json)."""
+    return dict(policy=os.path.abspath(self.policy),
+                prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
+                dataset=self.dataset, split=self.split, question_order=self.question_order,
+                max_step_tokens=self.max_step_tokens,
+                max_solution_tokens=self.max_solution_tokens, max_rounds=self.max_rounds,
+                max_steps=self.max_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One point of the sweep grid (seeds are looped separately)."""
+  method: str
+  n: int
+  m: int | None  # None for best-of-N (no beams)
+  k: int
+  temperature: float
+
+  def to_dict(self, seed: int) -> dict:
+    return dict(method=self.method, n=self.n, m=self.m, k=self.k,
+                temperature=self.temperature, seed=seed)
+
+  def search_config(self, opts: Options) -> SearchConfig:
+    return SearchConfig(method=self.method, n=self.n, m=self.m or 1, k=self.k,
+                        max_rounds=opts.max_rounds, max_step_tokens=opts.max_step_tokens,
+                        max_solution_tokens=opts.max_solution_tokens, max_steps=opts.max_steps,
+                        sampler=Temperature(self.temperature))
+
+  def label(self) -> str:
+    beams = "" if self.m is None else f" m={self.m}"
+    look = f" k={self.k}" if self.method == "lookahead" else ""
+    return f"{self.method} n={self.n}{beams}{look}"
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def resolve_m(spec: str, n: int) -> int:
+  """Beam width from "4" or "sqrt" (M = sqrt(N), which must be an integer)."""
+  spec = str(spec).strip()
+  if spec == "sqrt":
+    root = math.isqrt(n)
+    if root * root != n:
+      raise ValueError(f"m=sqrt needs a square n; sqrt({n}) is not an integer")
+    return root
+  try:
+    return int(spec)
+  except ValueError:
+    raise ValueError(f"m must be an int or 'sqrt', got {spec!r}") from None
+
+
+def expand_grid(opts: Options) -> tuple[list[Config], list[str]]:
+  """(valid configs in sweep order, notes on skipped ones).
+
+  Raises ValueError with every reason when no combination is valid (a single
+  explicitly invalid config is an error, an invalid corner of a sweep is not).
+  """
+  configs: list[Config] = []
+  notes: list[str] = []
+  for name in opts.aggregations:
+    if name not in AGGREGATIONS:
+      raise ValueError(f"unknown aggregation {name!r}; valid: {sorted(AGGREGATIONS)}")
+  for name in opts.selections:
+    if name not in SELECTIONS:
+      raise ValueError(f"unknown selection {name!r}; valid: {sorted(SELECTIONS)}")
+  for method in opts.methods:
+    if method not in METHODS:
+      raise ValueError(f"unknown search method {method!r}; valid: {list(METHODS)}")
+    # m only matters with beams, k only for lookahead: no duplicate lines.
+    m_specs = [None] if method == "best_of_n" else list(opts.ms)
+    ks = list(opts.ks) if method == "lookahead" else [0]
+    for n in opts.ns:
+      for m_spec in m_specs:
+        for k in ks:
+          try:
+            m = None if m_spec is None else resolve_m(m_spec, n)
+            config = Config(method, int(n), m, int(k), float(opts.temperature))
+            config.search_config(opts)  # validates n, m, k and the limits
+          except ValueError as e:
+            notes.append(f"skipped {method} n={n} m={m_spec} k={k}: {e}")
+            continue
+          if config not in configs:  # e.g. m=4 and m=sqrt at n=16
+            configs.append(config)
+  if not configs:
+    raise ValueError("no valid search config in the grid:\n  " + "\n  ".join(notes))
+  return configs, notes
+
+
+def selection_keys(selections: Sequence[str], aggregations: Sequence[str]) -> list[str]:
+  """"majority" (score-free) and "<selection>:<aggregation>" for the score-based rules."""
+  keys = []
+  for sel in selections:
+    keys.extend([sel] if sel == "majority" else [f"{sel}:{agg}" for agg in aggregations])
+  return keys
+
+
+# ----------------------------------------------------------------------------- models, data
+
+
+def load_prm(spec: str, pcfg, pparams, tokenizer) -> tuple[VerifierConfig, dict]:
+  """(vcfg, params) of --prm: a verifier run directory or "policy_logprob"."""
+  if spec == POLICY_LOGPROB:
+    vcfg = VerifierConfig(model=pcfg, head="token", step_token_id=tokenizer.newline_id)
+    return vcfg, init_verifier(vcfg, jax.random.key(0), lm_params=pparams)
+  try:  # written concurrently by another change; imported only when asked for
+    from ttc_jax.verifier.checkpoint import load_verifier
+  except ImportError as e:
+    raise RuntimeError(f"--prm={spec} needs ttc_jax.verifier.checkpoint.load_verifier, which "
+                       f"this checkout lacks ({e}); use --prm={POLICY_LOGPROB}") from e
+  vcfg, vparams, vtok = load_verifier(spec)
+  if vtok is not None and vtok != tokenizer:
+    raise ValueError(f"the verifier at {spec} was trained with a different tokenizer than the "
+                     "policy: they must share token ids")
+  check_compatible(vcfg, pcfg)
+  if vcfg.step_token_id != tokenizer.newline_id:
+    raise ValueError(f"the verifier scores at token {vcfg.step_token_id}, but the policy's step "
+                     f"delimiter is {tokenizer.newline_id}")
+  return vcfg, vparams
+
+
+def load_task(dataset: str, policy_dir: str):
+  """The task behind --dataset: "arithmetic" is the policy run's own (its options)."""
+  if dataset == "arithmetic":
+    return load_run_task(policy_dir)
+  from ttc_jax.tasks import get_task  # a registered reader (MATH, GSM8K, ...)
+  return get_task(dataset)
+
+
+def question_order(count: int, order: str) -> np.ndarray:
+  """Split indices in sweep order: a fixed shuffle (every prefix spans the
+  difficulty strata, which the test split lists in order) or the original."""
+  if order == "original":
+    return np.arange(count)
+  if order == "shuffled":
+    return np.random.default_rng(0).permutation(count)
+  raise ValueError(f"question_order must be 'shuffled' or 'original', got {order!r}")
+
+
+def select_questions(task, opts: Options) -> list[tuple[int, object]]:
+  """[(index in the split, problem)] of this sweep."""
+  if opts.split == "test":
+    problems = task.test_problems()
+  elif opts.split == "train":
+    if opts.num_questions is None:
+      raise ValueError("--split=train needs --num_questions")
+    problems = task.train_problems(0, opts.question_offset + opts.num_questions)
+  else:
+    raise ValueError(f"split must be 'test' or 'train', got {opts.split!r}")
+  if opts.question_offset < 0 or (opts.num_questions is not None and opts.num_questions < 1):
+    raise ValueError("question_offset must be >= 0 and num_questions >= 1")
+  order = question_order(len(problems), opts.question_order)
+  end = None if opts.num_questions is None else opts.question_offset + opts.num_questions
+  chosen = order[opts.question_offset:end]
+  if len(chosen) == 0:
+    raise ValueError(f"no questions: offset {opts.question_offset} past the {len(problems)} "
+                     f"of split {opts.split!r}")
+  return [(int(i), problems[i]) for i in chosen]
+
+
+# ----------------------------------------------------------------------------- results file
+
+
+def line_key(uid: str, config: dict) -> str:
+  """The identity of a result line: question + config (method, n, m, k, temperature, seed)."""
+  fields = ("method", "n", "m", "k", "temperature", "seed")
+  return json.dumps([uid] + [config[f] for f in fields])
+
+
+def _write_lines_atomic(path: str, lines: Iterable[str]) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as fh:
+    for line in lines:
+      fh.write(line + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+  os.replace(tmp, path)
+
+
+def load_results(path: str, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
+  """Finished lines of results.jsonl by key; a torn or unreadable line is dropped
+  (the file is rewritten atomically without it)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, "rb") as fh:
+    data = fh.read()
+  pieces = data.split(b"\n")
+  torn = pieces.pop()  # b"" when the file ends with a newline
+  good, dropped = [], int(bool(torn.strip()))
+  for piece in pieces:
+    try:
+      good.append(json.loads(piece))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      dropped += 1
+  if dropped or torn:
+    print_fn(f"note: dropped {dropped} torn/unreadable line(s) of {path}")
+    _write_lines_atomic(path, (json.dumps(line) for line in good))
+  return {line_key(line["uid"], line["config"]): line for line in good}
+
+
+def append_lines(path: str, lines: Sequence[dict]) -> None:
+  """Appends whole lines and makes them durable before returning."""
+  with open(path, "a") as fh:
+    fh.write("".join(json.dumps(line) + "\n" for line in lines))
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def check_settings(out_dir: str, settings: dict) -> bool:
+  """Refuses to mix results of different settings in one out_dir; whether run.json exists."""
+  path = os.path.join(out_dir, SETTINGS_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as fh:
+    saved = json.load(fh)
+  diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+  if diff:
+    raise ValueError(f"{out_dir} holds results made with other settings "
+                     f"(saved, now): {diff}; use another --out_dir")
+  return True
+
+
+# ----------------------------------------------------------------------------- one batch
+
+
+def _round(values) -> list[float]:
+  return [round(float(v), SCORE_DIGITS) for v in values]
+
+
+def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], config: Config,
+                 seed: int, task, tokenizer, aggregations: Sequence[str],
+                 selections: Sequence[str], write_texts: bool = False) -> list[dict]:
+  """One JSON-ready dict per question of a search batch (len(questions) first rows of `out`)."""
+  q = len(questions)
+  texts = out.texts(tokenizer)[:q]
+  answers = [[task.extract_answer(t) for t in row] for row in texts]
+  correct = np.array([[task.grade(p, t) for t in row] for (_, p), row in zip(questions, texts)])
+  ids = answer_ids(answers)
+  scores = {agg: out.scores(agg)[:q] for agg in aggregations}
+  chosen = {}
+  for key in selection_keys(selections, aggregations):
+    sel, _, agg = key.partition(":")
+    agg_scores = scores[agg] if agg else np.zeros(ids.shape, np.float32)
+    chosen[key] = np.asarray(_SELECT[sel](ids, agg_scores))
+  lines = []
+  for i, (index, problem) in enumerate(questions):
+    line = dict(
+        uid=problem.uid, question_index=index, difficulty=problem.difficulty,
+        reference_answer=problem.answer, config=config.to_dict(seed),
+        answers=answers[i], correct=correct[i].tolist(),
+        finished=out.finished[i].tolist(), num_tokens=out.lengths[i].tolist(),
+        step_scores=[_round(s[m]) for s, m in zip(out.step_scores[i], out.step_mask[i])],
+        scores={agg: _round(v[i]) for agg, v in scores.items()},
+        selected={key: dict(index=int(c[i]), answer=answers[i][int(c[i])],
+                            correct=bool(correct[i, int(c[i])])) for key, c in chosen.items()},
+        any_correct=bool(correct[i].any()), frac_correct=float(correct[i].mean()),
+        budget=out.budget.row(i))
+    if write_texts:
+      line["texts"] = texts[i]
+    lines.append(line)
+  return lines
+
+
+def batch_size(config: Config, requested: int, num_questions: int) -> int:
+  """Prompts per jitted call: --batch_questions, or ~AUTO_BATCH_ROWS rows (0)."""
+  size = requested if requested > 0 else max(1, AUTO_BATCH_ROWS // config.n)
+  return max(1, min(size, num_questions))
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(lines: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+  """One row per config (method, n, m, k, temperature): accuracy per selection key,
+  coverage, candidate pass rate and mean budget, over questions and seeds."""
+  groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+  for line in lines:
+    c = line["config"]
+    groups[(c["method"], c["n"], c["m"], c["k"], c["temperature"])].append(line)
+  method_rank = {m: i for i, m in enumerate(METHODS)}
+  rows = []
+  for (method, n, m, k, temperature), group in sorted(
+      groups.items(), key=lambda kv: (method_rank.get(kv[0][0], 99), kv[0][1],
+                                      kv[0][2] or 0, kv[0][3], kv[0][4])):
+    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")
+    accuracy = {key: mean([l["selected"][key]["correct"] for l in group if key in l["selected"]])
+                for key in keys}
+    budget = lambda f: mean([l["budget"][f] for l in group])
+    rows.append(dict(
+        method=method, n=n, m=m, k=k, temperature=temperature, lines=len(group),
+        questions=len({l["uid"] for l in group}),
+        seeds=sorted({l["config"]["seed"] for l in group}), accuracy=accuracy,
+        coverage=mean([l["any_correct"] for l in group]),
+        candidate_accuracy=mean([l["frac_correct"] for l in group]),
+        generations=budget("generations"), policy_tokens=budget("policy_tokens"),
+        verifier_tokens=budget("verifier_tokens"),
+        flops=mean([l["budget"]["policy_flops"] + l["budget"]["verifier_flops"] for l in group])))
+  return rows
+
+
+def format_summary(rows: Sequence[dict], keys: Sequence[str]) -> str:
+  """A fixed-width table: one row per config, one accuracy column per selection key."""
+  head = ["method", "n", "m", "k", "lines"] + list(keys) + [
+      "cover", "cand", "gens", "pol_tok", "ver_tok", "GFLOPs"]
+  body = []
+  for r in rows:
+    body.append([r["method"], str(r["n"]), "-" if r["m"] is None else str(r["m"]), str(r["k"]),
+                 str(r["lines"])] + [f"{r['accuracy'][k]:.3f}" for k in keys] + [
+                     f"{r['coverage']:.3f}", f"{r['candidate_accuracy']:.3f}",
+                     f"{r['generations']:.0f}", f"{r['policy_tokens']:.0f}",
+                     f"{r['verifier_tokens']:.0f}", f"{r['flops'] / 1e9:.3f}"])
+  widths = [max(len(x) for x in col) for col in zip(head, *body)]
+  fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+  return "\n".join([fmt(head)] + [fmt(b) for b in body])
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool = True,
+        mesh=None) -> dict:
+  """Runs (or resumes) the sweep; returns the summary (also written to summary.json).
+
+  mesh: optional ("data", "model=1") mesh: each search call splits its prompts
+  over the data axis (results are identical; see `ttc_jax.search.search`).
+  """
+  configs, notes = expand_grid(opts)
+  for note in notes:
+    print_fn(f"note: {note}")
+  os.makedirs(opts.out_dir, exist_ok=True)
+  settings = opts.settings()
+  saved = check_settings(opts.out_dir, settings)
+  pcfg, pparams, tokenizer = load_policy(opts.policy)
+  vcfg, vparams = load_prm(opts.prm, pcfg, pparams, tokenizer)
+  task = load_task(opts.dataset, opts.policy)
+  questions = select_questions(task, opts)
+  if not saved:  # only once everything loaded: a typo does not pin the out_dir
+    write_json_atomic(os.path.join(opts.out_dir, SETTINGS_FILE), settings)
+  prompts = {index: prompt_ids(task, tokenizer, p) for index, p in questions}
+  # One prompt width for every batch: one compile per config, not per batch.
+  width = -(-max(len(p) for p in prompts.values()) // 8) * 8
+
+  path = os.path.join(opts.out_dir, RESULTS_FILE)
+  done = load_results(path, print_fn)
+  work = [(c, s, [(i, p) for i, p in questions if line_key(p.uid, c.to_dict(s)) not in done])
+          for c in configs for s in opts.seeds]
+  total = sum(len(pending) for _, _, pending in work)
+  planned = len(configs) * len(opts.seeds) * len(questions)
+  print_fn(f"{len(configs)} config(s) x {len(opts.seeds)} seed(s) x {len(questions)} "
+           f"question(s): {total} line(s) to run, {planned - total} already in {path}")
+  start = time.perf_counter()
+  with tqdm.tqdm(total=total, desc="search", unit="line", disable=not progress,
+                 file=sys.stderr) as bar:
+    for config, seed, pending in work:
+      if not pending:
+        continue
+      scfg = config.search_config(opts)
+      # Sized by the whole question list, not what is pending: a resumed run
+      # reuses the compiled shape and computes rows exactly as the first run did.
+      size = batch_size(config, opts.batch_questions, len(questions))
+      bar.set_description(f"{config.label()} seed={seed}")
+      for lo in range(0, len(pending), size):
+        chunk = pending[lo:lo + size]
+        # Pad the last batch with its first question: one compiled shape.
+        padded = chunk + [chunk[0]] * (size - len(chunk))
+        out = search(pcfg, pparams, vcfg, vparams, [prompts[i] for i, _ in padded], scfg,
+                     eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed,
+                     prompt_streams=[i for i, _ in padded], prompt_width=width, mesh=mesh)
+        lines = result_lines(out, chunk, config, seed, task, tokenizer, opts.aggregations,
+                             opts.selections, opts.write_texts)
+        append_lines(path, lines)
+        done.update((line_key(l["uid"], l["config"]), l) for l in lines)
+        bar.update(len(chunk))
+  wanted = [done[line_key(p.uid, c.to_dict(s))] for c in configs for s in opts.seeds
+            for _, p in questions]
+  keys = selection_keys(opts.selections, opts.aggregations)
+  rows = summarize(wanted, keys)
+  summary = dict(settings=settings, selection_keys=keys, rows=rows, lines=len(wanted),
+                 skipped=notes, wall_s=time.perf_counter() - start)
+  write_json_atomic(os.path.join(opts.out_dir, SUMMARY_FILE), summary)
+  print_fn(format_summary(rows, keys))
+  return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_list("method", ["best_of_n"], f"Search methods, of {list(METHODS)}.")
+  flags.DEFINE_list("n", ["4"], "Budgets N (generations per question).")
+  flags.DEFINE_list("m", ["4"], "Beam / subtree widths M: ints, or 'sqrt' for M = sqrt(N).")
+  flags.DEFINE_list("k", ["0"], "Lookahead steps (method lookahead only).")
+  flags.DEFINE_list("aggregation", ["last", "min", "prod"], "Step aggregations recorded.")
+  flags.DEFINE_list("selection", ["majority", "best_of_n", "weighted"], "Selections recorded.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
+  flags.DEFINE_list("seeds", ["0"], "Search seeds.")
+  flags.DEFINE_string("dataset", "arithmetic", "'arithmetic' (the policy run's built-in task) "
+                      "or a registered task name (e.g. a MATH / GSM8K reader).")
+  flags.DEFINE_enum("split", "test", ["test", "train"], "Question split.")
+  flags.DEFINE_integer("num_questions", None, "Questions (default: the whole split).")
+  flags.DEFINE_integer("question_offset", 0, "Skip this many questions of the sweep order.")
+  flags.DEFINE_enum("question_order", "shuffled", ["shuffled", "original"],
+                    "Sweep order of the split: a fixed shuffle spans difficulties in any prefix.")
+  flags.DEFINE_string("policy", None, "Policy run directory (train_policy --out_dir).")
+  flags.DEFINE_string("prm", POLICY_LOGPROB, "Verifier run directory, or 'policy_logprob' "
+                      "(untrained token-level head on the policy's weights).")
+  flags.DEFINE_integer("batch_questions", 0, "Prompts per jitted search call (0: about "
+                       f"{AUTO_BATCH_ROWS} question x candidate rows).")
+  flags.DEFINE_integer("max_step_tokens", 32, "Tokens one step may take.")
+  flags.DEFINE_integer("max_solution_tokens", 112, "Tokens a whole solution may take.")
+  flags.DEFINE_integer("max_rounds", 40, "Step rounds of the step-wise methods.")
+  flags.DEFINE_integer("max_steps", 48, "Step scores kept per candidate.")
+  flags.DEFINE_bool("write_texts", False, "Also write every candidate's text.")
+  flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
+  flags.DEFINE_string("out_dir", None, "Output directory (results.jsonl, summary.json).")
+  flags.mark_flags_as_required(["policy", "out_dir"])
+  from ttc_jax import distributed
+  distributed.define_flags()  # --local_device_count=2: two XLA:CPU devices, ~1.6x on 2 cores
+  return flags.FLAGS
+
+
+def options_from_flags(f) -> Options:
+  ints = lambda xs: tuple(int(x) for x in xs)
+  return Options(
+      policy=f.policy, out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
+      ms=tuple(f.m), ks=ints(f.k), aggregations=tuple(f.aggregation),
+      selections=tuple(f.selection), temperature=f.temperature, seeds=ints(f.seeds),
+      dataset=f.dataset, split=f.split, num_questions=f.num_questions,
+      question_offset=f.question_offset, question_order=f.question_order,
+      batch_questions=f.batch_questions, max_step_tokens=f.max_step_tokens,
+      max_solution_tokens=f.max_solution_tokens, max_rounds=f.max_rounds,
+      max_steps=f.max_steps, write_texts=f.write_texts)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  from absl import app, flags, logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  f = flags.FLAGS
+  try:
+    opts = options_from_flags(f)
+    expand_grid(opts)  # a bad grid fails before any model is loaded
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  from ttc_jax import distributed, sharding
+  distributed.initialize_from_flags()
+  mesh = sharding.make_mesh() if jax.device_count() > 1 else None
+  summary = run(opts, print_fn=lambda s: print(s, flush=True), progress=f.progress, mesh=mesh)
+  print(f"wrote {summary['lines']} line(s) summarised in "
+        f"{os.path.join(opts.out_dir, SUMMARY_FILE)}")
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,67 @@
+"""experiments/bench_search.py on a tiny random model: the promised fields, baselines agree."""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import bench_search
+from ttc_jax.search import engine
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--config=smoke", "--num_questions=2", "--repeats=1", "--warmup=1",
+        "--max_step_tokens=8", "--max_solution_tokens=16", "--max_rounds=4"]
+SEARCH_FIELDS = ("questions_per_sec", "host_loop_questions_per_sec",
+                 "host_dispatch_questions_per_sec", "compile_s", "host_loop_compile_s",
+                 "host_dispatch_compile_s", "speedup_vs_host_loop", "loadavg_1m_before")
+SCORE_FIELDS = ("score_tokens_per_sec", "rescore_tokens_per_sec", "incremental_tokens_per_sec",
+                "questions_per_sec", "host_loop_questions_per_sec",
+                "host_dispatch_questions_per_sec", "steps_per_solution")
+
+
+def _positive(line, keys):
+  for key in keys:
+    assert math.isfinite(line[key]) and line[key] > 0, (key, line.get(key))
+
+
+def test_cli_lines(tmp_path):
+  """The acceptance interface: --methods, --ns, --json_out; one line per (method, n)."""
+  out = tmp_path / "bench.jsonl"
+  subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
+                  "--ns=4", "--m=2", f"--json_out={out}"] + TINY, check=True, timeout=300)
+  lines = [json.loads(s) for s in out.read_text().splitlines()]
+  assert [(l["method"], l["n"]) for l in lines] == [("best_of_n", 4), ("beam", 4), ("score", 4)]
+  for line in lines[:2]:
+    _positive(line, SEARCH_FIELDS)
+    assert line["questions"] == 2 and line["rows"] == 8
+    # The host-driven rounds run the very same jitted functions: the same candidates.
+    assert line["host_dispatch_same_tokens"]
+    assert line["host_dispatch_rounds"] == line["rounds"]
+  assert lines[1]["m"] == 2 and 1 <= lines[1]["host_loop_rounds"] <= 4
+  score = lines[2]
+  _positive(score, SCORE_FIELDS)
+  # Re-scoring each prefix and host-driven incremental scoring give one pass's scores.
+  assert score["rescore_max_abs_diff"] < 1e-5 and score["incremental_max_abs_diff"] < 1e-5
+  assert score["rescore_speedup"] == pytest.approx(
+      score["score_tokens_per_sec"] / score["rescore_tokens_per_sec"])
+
+
+def test_bad_method_is_rejected():
+  with pytest.raises(ValueError, match="unknown method"):
+    bench_search.run_benchmark(methods=("lookahead",))
+
+
+def test_select_parents_np_matches_engine():
+  rng = np.random.default_rng(0)
+  for group, width in ((8, 2), (6, 3)):
+    score = rng.random(group * 3).astype(np.float32)
+    score[::5] = score[1]  # ties
+    candidate = rng.random(group * 3) < 0.7
+    want = engine._select_parents(jnp.asarray(score), jnp.asarray(candidate), group, width)
+    got = bench_search.select_parents_np(score, candidate, group, width)
+    np.testing.assert_array_equal(got, np.asarray(want))

@@ -1,0 +1,128 @@
+"""experiments/run_search.py on a smoke policy: lines, resume (deleted and torn lines), summary."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import run_search
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_policy(tmp_path_factory):
+  out = tmp_path_factory.mktemp("smoke_policy")
+  subprocess.run([sys.executable, "-m", "experiments.train_policy", "--preset=smoke",
+                  "--steps=10", "--cpu_devices=0", f"--out_dir={out}", "--progress=false"],
+                 check=True, timeout=300)
+  return str(out)
+
+
+def _opts(policy, out_dir, **kw):
+  base = dict(policy=policy, out_dir=str(out_dir), methods=("best_of_n", "beam"), ns=(2, 4),
+              ms=("2",), num_questions=2, max_step_tokens=8, max_solution_tokens=24,
+              max_rounds=6)
+  base.update(kw)
+  return run_search.Options(**base)
+
+
+def _lines(out_dir):
+  with open(os.path.join(out_dir, run_search.RESULTS_FILE)) as fh:
+    return [json.loads(s) for s in fh.read().splitlines()]
+
+
+def test_sweep_lines_resume_and_summary(smoke_policy, tmp_path):
+  out = tmp_path / "sweep"
+  opts = _opts(smoke_policy, out)
+  # The first run through the command line (the acceptance interface) ...
+  subprocess.run([sys.executable, "-m", "experiments.run_search", f"--policy={smoke_policy}",
+                  "--method=best_of_n,beam", "--n=2,4", "--m=2", "--num_questions=2",
+                  "--max_step_tokens=8", "--max_solution_tokens=24", "--max_rounds=6",
+                  "--progress=false", f"--out_dir={out}"], check=True, timeout=300)
+  summary = json.loads((out / run_search.SUMMARY_FILE).read_text())
+  # beam n=2 m=2, beam n=4 m=2, best-of-N n=2 and n=4; 2 questions each.
+  lines = _lines(out)
+  assert len(lines) == 8 and summary["lines"] == 8
+  configs = {(l["config"]["method"], l["config"]["n"], l["config"]["m"]) for l in lines}
+  assert configs == {("best_of_n", 2, None), ("best_of_n", 4, None), ("beam", 2, 2),
+                     ("beam", 4, 2)}
+  keys = run_search.selection_keys(opts.selections, opts.aggregations)
+  assert len(keys) == 7
+  for line in lines:
+    n = line["config"]["n"]
+    assert len(line["answers"]) == len(line["correct"]) == len(line["step_scores"]) == n
+    assert set(line["scores"]) == {"last", "min", "prod"}
+    assert all(len(v) == n for v in line["scores"].values())
+    assert set(line["selected"]) == set(keys)
+    for sel in line["selected"].values():
+      assert 0 <= sel["index"] < n
+      assert sel["correct"] == line["correct"][sel["index"]]
+    assert line["budget"]["generations"] == n
+    assert line["budget"]["policy_tokens"] > 0 and line["budget"]["verifier_flops"] > 0
+    assert line["any_correct"] == any(line["correct"])
+  rows = summary["rows"]
+  assert [(r["method"], r["n"]) for r in rows] == [("best_of_n", 2), ("best_of_n", 4),
+                                                   ("beam", 2), ("beam", 4)]
+  assert all(r["lines"] == 2 and set(r["accuracy"]) == set(keys) for r in rows)
+
+  # ... resumed in-process (the same flags as Options).
+  printed = []
+  # Resume after a kill between batches: the last line is missing.
+  path = out / run_search.RESULTS_FILE
+  text = path.read_text().splitlines(keepends=True)
+  path.write_text("".join(text[:-1]))
+  run_search.run(opts, print_fn=printed.append, progress=False)
+  resumed = _lines(out)
+  assert len(resumed) == 8
+  assert resumed[:7] == lines[:7]  # finished lines intact
+  assert resumed[7] == lines[7]  # same streams and batch shape: the same search
+
+  # Resume after a kill mid-write: a torn last line is dropped and redone.
+  path.write_text("".join(text[:-1]) + text[-1][:40])
+  run_search.run(opts, print_fn=printed.append, progress=False)
+  assert any("torn" in p for p in printed)
+  again = _lines(out)
+  assert len(again) == 8 and again[:7] == lines[:7]
+  assert again[7] == lines[7]
+
+  # Nothing left to do: nothing rewritten; the summary is the first run's.
+  before = path.read_text()
+  again_summary = run_search.run(opts, print_fn=printed.append, progress=False)
+  assert path.read_text() == before
+  assert "weighted:last" in printed[-1]  # the table
+  assert [r["accuracy"] for r in again_summary["rows"]] == [r["accuracy"] for r in rows]
+
+  # Other settings in the same out_dir are refused.
+  with pytest.raises(ValueError, match="other settings"):
+    run_search.run(_opts(smoke_policy, out, max_rounds=5), print_fn=printed.append,
+                   progress=False)
+
+
+def test_cli_rejects_one_invalid_config(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.run_search", "--policy=unused",
+                         "--method=beam", "--n=16", "--m=5", f"--out_dir={tmp_path}"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "not divisible" in proc.stderr + proc.stdout
+  assert not os.listdir(tmp_path)  # failed before writing anything
+
+
+def test_grid_validation(tmp_path):
+  opts = lambda **kw: _opts("unused", tmp_path, **kw)
+  configs, notes = run_search.expand_grid(opts(methods=("beam",), ns=(2, 4, 16), ms=("4", "sqrt")))
+  assert [(c.n, c.m) for c in configs] == [(4, 4), (4, 2), (16, 4)]  # sqrt(16) = 4: deduped
+  assert len(notes) == 2 and any("sqrt(2)" in n for n in notes)
+  with pytest.raises(ValueError, match="not divisible"):
+    run_search.expand_grid(opts(methods=("beam",), ns=(16,), ms=("5",)))
+  with pytest.raises(ValueError, match="beam width"):
+    run_search.expand_grid(opts(methods=("dvts",), ns=(2,), ms=("4",)))
+  with pytest.raises(ValueError, match="unknown aggregation"):
+    run_search.expand_grid(opts(aggregations=("mean",)))
+  # k only applies to lookahead; best-of-N ignores m.
+  configs, _ = run_search.expand_grid(opts(methods=("best_of_n", "beam", "lookahead"), ns=(4,),
+                                           ms=("2",), ks=(1, 3)))
+  assert [(c.method, c.m, c.k) for c in configs] == [
+      ("best_of_n", None, 0), ("beam", 2, 0), ("lookahead", 2, 1), ("lookahead", 2, 3)]
