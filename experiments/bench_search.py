@@ -87,12 +87,13 @@ import numpy as np
 
 from ttc_jax.bench_configs import get_config
 from ttc_jax.decode import generate
-from ttc_jax.decode.generate import pad_prompts, round_up
+from ttc_jax.decode.generate import round_up
 from ttc_jax.decode.loop import decode_jit
 from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids
 from ttc_jax.model import init_params
-from ttc_jax.search import SearchConfig, SearchOutput, search, search_capacity
+from ttc_jax.search import SearchConfig, SearchOutput, search
+from ttc_jax.search.api import prepare_prompts
 from ttc_jax.search import api as search_api
 from ttc_jax.search import engine
 from ttc_jax.verifier import model as vmodel
@@ -318,9 +319,7 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
   Returns (candidate tokens [Q, N, T], rounds).
   """
   tok = m.tokenizer
-  tokens, lengths = pad_prompts(prompts, m.pcfg.vocab_size, tok.pad_id)
-  capacity = search_capacity(tokens.shape[1], scfg, max(m.pcfg.max_seq_len,
-                                                         m.vcfg.model.max_seq_len))
+  tokens, lengths, capacity = prepare_prompts(m.pcfg, m.vcfg, prompts, scfg, tok.pad_id)
   q = len(prompts)
   streams = jnp.arange(q, dtype=jnp.uint32)
   seed_arr = jnp.asarray(seed, jnp.uint32)

@@ -156,3 +156,14 @@ def test_verifier_with_another_vocabulary_is_rejected(models):
   vparams = init_verifier(vcfg, jax.random.key(0))
   with pytest.raises(ValueError, match="share a tokenizer"):
     search(CFG, policy, vcfg, vparams, PROMPTS, SearchConfig("beam", 4, m=2), eos_id=EOS)
+
+
+def test_prompt_bucket_that_overflows_falls_back_to_the_exact_width(models):
+  policy, vcfg, vparams = models
+  prompt = [1] + [5, 6, 9] * 23  # 70 tokens: bucket 128 + 24 + 8 + 1 > max_seq_len 128
+  small = CFG.replace(max_seq_len=128)
+  scfg = SearchConfig("beam", 2, m=2, **LIMITS)
+  out = search(small, policy, vcfg.replace(model=small), vparams, [prompt], scfg, eos_id=EOS)
+  assert out.tokens.shape[:2] == (1, 2)
+  with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
+    search(small, policy, vcfg.replace(model=small), vparams, [prompt * 2], scfg, eos_id=EOS)

@@ -41,16 +41,36 @@ class SearchOutput:
                                                    jnp.asarray(self.step_mask)))
 
 
-def search_capacity(prompt_width: int, scfg: SearchConfig, max_seq_len: int) -> int:
+def search_capacity(prompt_width: int, scfg: SearchConfig, max_seq_len: int | None) -> int:
   """Cache slots: prompt + solution + the chunk written past it (a step, lookahead
-  rollouts, or a whole best-of-N solution) + the decode loop's scratch slot."""
+  rollouts, or a whole best-of-N solution) + the decode loop's scratch slot.
+  Raises when that exceeds `max_seq_len` (None: no limit)."""
   beyond = scfg.max_step_tokens * (scfg.k + 1) if scfg.stepwise else 0
   needed = prompt_width + scfg.max_solution_tokens + beyond + 1
-  if needed > max_seq_len + 1:
+  if max_seq_len is not None and needed > max_seq_len + 1:
     raise ValueError(f"prompt width {prompt_width} + max_solution_tokens "
                      f"{scfg.max_solution_tokens} + step room {beyond} exceeds the model's "
                      f"max_seq_len {max_seq_len}")
   return round_up(needed, 16)
+
+
+def prepare_prompts(pcfg: ModelConfig, vcfg: VerifierConfig, prompts: Sequence[Sequence[int]],
+                    scfg: SearchConfig, pad_id: int = 0, prompt_width: int | None = None):
+  """Validated, right-padded prompts -> (tokens [Q, P], lengths [Q], cache capacity).
+
+  P is `prompt_width`, else the power-of-two bucket, else (when the bucket
+  would not fit the models' max_seq_len) the longest prompt rounded up to 8.
+  """
+  tokens, lengths = pad_prompts(prompts, pcfg.vocab_size, pad_id)
+  if prompt_width is not None:
+    if prompt_width < lengths.max():
+      raise ValueError(f"prompt_width {prompt_width} < longest prompt {lengths.max()}")
+    tokens = np.pad(tokens, ((0, 0), (0, max(0, prompt_width - tokens.shape[1]))),
+                    constant_values=pad_id)[:, :prompt_width]
+  max_seq_len = min(pcfg.max_seq_len, vcfg.model.max_seq_len)
+  if prompt_width is None and search_capacity(tokens.shape[1], scfg, None) > max_seq_len + 1:
+    tokens = tokens[:, :round_up(lengths.max(), 8)]
+  return tokens, lengths, search_capacity(tokens.shape[1], scfg, max_seq_len)
 
 
 def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,
@@ -69,19 +89,13 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   with copies of its last prompt to a multiple of the data axis.
   """
   check_compatible(vcfg, pcfg)
-  tokens, lengths = pad_prompts(prompts, pcfg.vocab_size, pad_id)
-  if prompt_width is not None:
-    if prompt_width < lengths.max():
-      raise ValueError(f"prompt_width {prompt_width} < longest prompt {lengths.max()}")
-    tokens = np.pad(tokens, ((0, 0), (0, max(0, prompt_width - tokens.shape[1]))),
-                    constant_values=pad_id)[:, :prompt_width]
   if not 0 <= eos_id < pcfg.vocab_size:
     raise ValueError(f"eos_id {eos_id} outside the vocabulary [0, {pcfg.vocab_size})")
+  tokens, lengths, capacity = prepare_prompts(pcfg, vcfg, prompts, scfg, pad_id, prompt_width)
   q = len(prompts)
   streams = np.arange(q) if prompt_streams is None else np.asarray(prompt_streams)
   if streams.shape != (q,):
     raise ValueError(f"prompt_streams must have one entry per prompt ({q}), got {streams.shape}")
-  capacity = search_capacity(tokens.shape[1], scfg, max(pcfg.max_seq_len, vcfg.model.max_seq_len))
   fn, padded = run_search, 0
   if mesh is not None:
     fn, padded = _mesh_search(mesh), -q % mesh.shape["data"]

@@ -163,7 +163,7 @@ def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, stre
   return d, verifier, content, ended, counters
 
 
-SCORE_CHUNK = 16
+SCORE_CHUNK = 8
 
 
 def _score_step(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
