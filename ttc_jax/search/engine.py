@@ -138,13 +138,6 @@ def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams,
   return cache.gather_rows(rows), next_logits[rows], vstate.gather_rows(rows)
 
 
-def _sample_step(pcfg, pparams, cache, next_logits, *, seed, streams, max_new, active,
-                 stop_tokens, sampler, buffer_len, pad_id):
-  return decode(pcfg, pparams, cache, next_logits, seed=seed, row_streams=streams,
-                max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
-                buffer_len=buffer_len, pad_id=pad_id, active=active)
-
-
 def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,
                     stop_tokens, eos_id, pad_id, sampler, room):
   """Every `active` row samples one step and the verifier scores it.
@@ -153,9 +146,9 @@ def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, stre
   verifier state, tokens [R, Ls], num_new [R], content [R], ended_eos [R], counters).
   """
   max_new = jnp.where(active, jnp.minimum(scfg.max_step_tokens, room), 0)
-  d = _sample_step(pcfg, pparams, s.cache, s.next_logits, seed=seed, streams=streams,
-                   max_new=max_new, active=active, stop_tokens=stop_tokens, sampler=sampler,
-                   buffer_len=scfg.max_step_tokens, pad_id=pad_id)
+  d = decode(pcfg, pparams, s.cache, s.next_logits, seed=seed, row_streams=streams,
+             max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
+             buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=active)
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
   v_start = s.verifier.cache.lengths
   verifier = _score_step(vcfg, vparams, s.verifier, d.tokens, content)
@@ -189,7 +182,10 @@ def _score_step(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
 
 def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, stop_tokens,
                       eos_id, pad_id, max_solution):
-  """Rolls every unfinished row k greedy steps ahead; returns (score there [R], counters).
+  """Rolls every unfinished row k greedy steps ahead.
+
+  Returns (score at the rollout's end [R], counters, rewound policy cache,
+  rewound verifier cache).
 
   Caches are rewound afterwards by restoring lengths only: the rollout wrote
   beyond the committed positions, which stay masked and get overwritten.
