@@ -109,8 +109,11 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
   """
   b = next_logits.shape[0]
   capacity = cache.capacity
+  offsets = cache.offsets
+  # Full capacity, not a segment's width: only the scratch slot left.
+  is_full = lambda lengths: lengths - offsets >= capacity - 1
   done0 = jnp.zeros((b,), bool) if active is None else ~active
-  done0 = done0 | (max_new <= 0) | (cache.lengths >= capacity - 1)
+  done0 = done0 | (max_new <= 0) | is_full(cache.lengths)
   state = DecodeState(
       cache=cache, next_logits=next_logits,
       tokens=jnp.full((b, buffer_len), pad_id, jnp.int32),
@@ -131,7 +134,7 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
     lengths = jnp.where(active_now, cache.lengths, s.cache.lengths)
     num_new = s.num_new + active_now
     hit_stop = active_now & _is_stop(token, stop_tokens)
-    done = s.done | hit_stop | (num_new >= max_new) | (lengths >= capacity - 1)
+    done = s.done | hit_stop | (num_new >= max_new) | is_full(lengths)
     return DecodeState(
         cache=cache.replace(lengths=lengths),
         next_logits=jnp.where(active_now[:, None], logits[:, 0], s.next_logits),

@@ -12,7 +12,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ttc_jax.model.cache import KVCache, write_rows
+from kernels import backend as kernel_backend
+from kernels.ragged_decode_attention import multi_query_attention, ragged_decode_attention
+from kernels.shared_prefix_attention import merge_partials, pack_queries, unpack_rows
+from ttc_jax.model.cache import KVCache, SharedPrefix, write_rows
 from ttc_jax.model.config import ModelConfig
 
 _NEG_INF = -1e30  # finite: a fully masked row must not produce NaNs
@@ -56,25 +59,105 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return rotated.astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array,
-              k_pos: jax.Array) -> jax.Array:
-  """Causal GQA attention with per-row positions.
-
-  q [B, T, H, E]; k, v [B, K, S, E]; q_pos [B, T]; k_pos [B, S].
-  Key j is visible to query t iff k_pos[b, j] <= q_pos[b, t]; cache slots past a
-  row's length sit at positions beyond every query, so they are masked too.
-  Scores and softmax in f32. Returns [B, T, H, E].
-  """
+def _masked_scores(q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
+  """Scaled f32 scores [B, K, G, T, S]; key j is visible to query t iff
+  k_pos[b, j] <= q_pos[b, t] (cache slots past a row's length sit at positions
+  beyond every query, so they are masked too)."""
   b, t, h, e = q.shape
   kv_heads = k.shape[1]
   qg = q.reshape(b, t, kv_heads, h // kv_heads, e)
   scores = jnp.einsum("btkge,bkse->bkgts", qg, k, preferred_element_type=jnp.float32)
   scores = scores * (1.0 / math.sqrt(e))
   visible = k_pos[:, None, None, None, :] <= q_pos[:, None, None, :, None]  # [B,1,1,T,S]
-  scores = jnp.where(visible, scores, _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bkse->btkge", probs, v)
-  return out.reshape(b, t, h, e)
+  return jnp.where(visible, scores, _NEG_INF)
+
+
+def _weighted_values(probs: jax.Array, v: jax.Array) -> jax.Array:
+  """probs [B, K, G, T, S] x v [B, K, S, E] -> [B, T, H, E]."""
+  b, kv_heads, g, t, _ = probs.shape
+  out = jnp.einsum("bkgts,bkse->btkge", probs.astype(v.dtype), v)
+  return out.reshape(b, t, kv_heads * g, v.shape[-1])
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array,
+              k_pos: jax.Array) -> jax.Array:
+  """Causal GQA attention with per-row positions.
+
+  q [B, T, H, E]; k, v [B, K, S, E]; q_pos [B, T]; k_pos [B, S]. Scores and
+  softmax in f32. Returns [B, T, H, E].
+  """
+  return _weighted_values(jax.nn.softmax(_masked_scores(q, k, q_pos, k_pos), axis=-1), v)
+
+
+def attention_partial(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array,
+                      k_pos: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`attention` plus its log-sum-exp [B, T, H] f32 (to merge with another partial)."""
+  scores = _masked_scores(q, k, q_pos, k_pos)
+  lse = jax.nn.logsumexp(scores, axis=-1)  # [B,K,G,T]
+  b, kv_heads, g, t = lse.shape
+  return (_weighted_values(jnp.exp(scores - lse[..., None]), v),
+          lse.transpose(0, 3, 1, 2).reshape(b, t, kv_heads * g))
+
+
+def prefix_attention(q: jax.Array, prefix: SharedPrefix, layer: int,
+                     impl: str) -> tuple[jax.Array, jax.Array]:
+  """Every query of a prompt's rows over that prompt's shared prefix (no causal mask:
+  the whole prefix precedes them). q [Q*N, T, H, E] -> (out [Q*N, T, H, E], lse [Q*N, T, H]).
+
+  The N rows' T queries are packed as N*T*G query rows per kv head, so the
+  prefix is read once per prompt (one matmul), not once per row.
+  """
+  b, t, h, e = q.shape
+  n, kh = prefix.group, prefix.k[layer].shape[1]
+  packed = pack_queries(q.reshape(b // n, n * t, h, e), kh)  # [Q, K, N*T*G, E]
+  out, lse = multi_query_attention(packed, prefix.k[layer].astype(q.dtype),
+                                   prefix.v[layer].astype(q.dtype), prefix.lengths, impl=impl)
+  return (unpack_rows(out, n * t).reshape(b, t, h, e),
+          unpack_rows(lse, n * t).reshape(b, t, h))
+
+
+def _decode_attention_impl(t: int, cache: KVCache | None, cache_is_empty: bool) -> str | None:
+  """The Pallas impl for a one-token decode step over a cache, or None for the XLA path.
+
+  Only where a kernel runs (GPU/TPU, or TTC_JAX_KERNELS=pallas_interpret): on
+  CPU the XLA einsum path below is the tuned one (DESIGN.md item 4).
+  """
+  if t != 1 or cache is None or cache_is_empty:
+    return None
+  impl = kernel_backend.resolve("auto")
+  return None if impl == "xla" else impl
+
+
+def _ragged_decode(q: jax.Array, keys: jax.Array, values: jax.Array, filled: jax.Array,
+                   impl: str) -> tuple[jax.Array, jax.Array]:
+  """q [B, 1, H, E] over cache slots [0, filled[b]) of keys/values [B, K, S, E]
+  -> (out [B, 1, H, E], lse [B, 1, H]).
+
+  Reads only each row's filled blocks (the kernel's loop stops at its length),
+  where the XLA path attends over the whole capacity S.
+  """
+  s = keys.shape[2]
+  block = math.gcd(s, 64)  # a block that divides S: the kernel need not pad (copy) the cache
+  out, lse = ragged_decode_attention(q[:, 0], keys, values, filled, impl=impl, return_lse=True,
+                                     block_s=block if block >= 16 else None)
+  return out[:, None], lse[:, None]
+
+
+def _cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, positions: jax.Array,
+                      cache: KVCache, layer: int, kernel_impl: str | None) -> jax.Array:
+  """New queries q [B, T, H, E] at `positions` over a cache (after their own write)."""
+  offsets = cache.offsets
+  if kernel_impl is not None:
+    out, lse = _ragged_decode(q, keys, values, positions[:, 0] + 1 - offsets, kernel_impl)
+  else:
+    k_pos = offsets[:, None] + jnp.arange(keys.shape[2], dtype=jnp.int32)[None, :]
+    if cache.prefix is None:
+      return attention(q, keys, values, positions, k_pos)
+    out, lse = attention_partial(q, keys, values, positions, k_pos)
+  if cache.prefix is None:
+    return out
+  pre_out, pre_lse = prefix_attention(q, cache.prefix, layer, kernel_impl or "xla")
+  return merge_partials(out, lse, pre_out, pre_lse)[0]
 
 
 def _mlp(cfg: ModelConfig, layer: dict, x: jax.Array) -> jax.Array:
@@ -135,6 +218,7 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
     positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
   positions = positions.astype(jnp.int32)
   inv_freq = rope_inv_freq(cfg)
+  kernel_impl = _decode_attention_impl(t, cache, cache_is_empty)
   x = embed_tokens(cfg, params, tokens)
   new_k, new_v = [], []
   for i, layer in enumerate(params["layers"]):
@@ -146,19 +230,21 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
     if cache is None or cache_is_empty:
       keys, values, k_pos = k, v, positions
     if cache is not None:
-      new_k.append(write_rows(cache.k[i], k, positions[:, 0]))
-      new_v.append(write_rows(cache.v[i], v, positions[:, 0]))
-      if not cache_is_empty:
-        keys, values = new_k[-1], new_v[-1]
-        k_pos = jnp.broadcast_to(jnp.arange(keys.shape[2], dtype=jnp.int32), (b, keys.shape[2]))
-    attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
+      slots = positions[:, 0] - cache.offsets
+      new_k.append(write_rows(cache.k[i], k, slots))
+      new_v.append(write_rows(cache.v[i], v, slots))
+    if cache is None or cache_is_empty:
+      attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
+    else:
+      attn = _cached_attention(q, new_k[-1].astype(q.dtype), new_v[-1].astype(q.dtype),
+                               positions, cache, i, kernel_impl)
     x = x + _dropout(jnp.einsum("bthe,hed->btd", attn, layer["wo"]), dropout_rng, 2 * i,
                      dropout_rate)
     h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps, cfg.norm_plus_one)
     x = x + _dropout(_mlp(cfg, layer, h), dropout_rng, 2 * i + 1, dropout_rate)
   x = rms_norm(x, params["final_norm"], cfg.norm_eps, cfg.norm_plus_one)
   if cache is not None:
-    cache = KVCache(new_k, new_v, positions[:, -1] + 1)
+    cache = KVCache(new_k, new_v, positions[:, -1] + 1, cache.prefix)
   return x, cache
 
 
