@@ -93,7 +93,7 @@ from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids
 from ttc_jax.model import init_params
 from ttc_jax.search import SearchConfig, SearchOutput, search
-from ttc_jax.search.api import prepare_prompts
+from ttc_jax.search.api import compiled_memory, prepare_prompts
 from ttc_jax.search import api as search_api
 from ttc_jax.search import engine
 from ttc_jax.verifier import model as vmodel
@@ -453,8 +453,30 @@ def search_config(method: str, n: int, m_spec: str, max_step_tokens: int,
                       sampler=Temperature(temperature))
 
 
+def replicated_fields(models: Models, prompts, scfg: SearchConfig, out: SearchOutput, q: int,
+                      *, repeats: int, warmup: int, seed: int) -> dict:
+  """The same search with the prompt KV copied to every row, and both memory plans."""
+  tok = models.tokenizer
+  rep = dataclasses.replace(scfg, shared_prefix=False)
+  rep_out, first, median, times = _median_time(
+      lambda: search(models.pcfg, models.pparams, models.vcfg, models.vparams, prompts, rep,
+                     eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed), repeats, warmup)
+  memory = lambda c: compiled_memory(models.pcfg, models.pparams, models.vcfg, models.vparams,
+                                     prompts, c, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  shared_mem, rep_mem = memory(scfg), memory(rep)
+  return dict(
+      replicated_questions_per_sec=q / median, replicated_time_s=median,
+      replicated_times_s=times, replicated_compile_s=max(first - median, 0.0),
+      replicated_same_tokens=bool(np.array_equal(rep_out.tokens, out.tokens)),
+      peak_bytes=shared_mem["peak_bytes"], temp_bytes=shared_mem["temp_bytes"],
+      replicated_peak_bytes=rep_mem["peak_bytes"], replicated_temp_bytes=rep_mem["temp_bytes"],
+      argument_bytes=shared_mem["argument_bytes"],
+      mean_prompt_tokens=float(np.mean([len(p) for p in prompts])))
+
+
 def search_line(models: Models, prompts, scfg: SearchConfig, *, repeats: int, warmup: int,
-                seed: int, baselines: Sequence[str]) -> tuple[dict, SearchOutput]:
+                seed: int, baselines: Sequence[str],
+                compare_replicated: bool = False) -> tuple[dict, SearchOutput]:
   """Timings of one (method, n): on device, and the baselines asked for."""
   tok, q = models.tokenizer, len(prompts)
   load_before = os.getloadavg()[0]
@@ -467,6 +489,9 @@ def search_line(models: Models, prompts, scfg: SearchConfig, *, repeats: int, wa
               rounds=int(out.budget.rounds.max()),
               policy_tokens_per_question=float(out.budget.policy_tokens.mean()),
               mean_solution_tokens=float(out.lengths.mean()))
+  if compare_replicated:
+    line.update(replicated_fields(models, prompts, scfg, out, q, repeats=repeats, warmup=warmup,
+                                  seed=seed))
   if "host_loop" in baselines:
     fn = host_loop_best_of_n if scfg.method == "best_of_n" else host_loop_stepwise
     (sol, rounds), first, median, times = _median_time(
@@ -524,7 +549,7 @@ def run_benchmark(policy: str | None = None, *, config: str = "smoke",
                   max_solution_tokens: int = 112, max_rounds: int = 40,
                   temperature: float = 1.0, seed: int = 0, scoring: bool = True,
                   baselines: Sequence[str] = ("host_loop", "host_dispatch"),
-                  prompt_len: int = 0,
+                  prompt_len: int = 0, compare_replicated: bool = False,
                   print_fn: Callable[[str], None] = print) -> list[dict]:
   """Runs the benchmark; returns the lines (each also passed to `print_fn` as JSON)."""
   for method in methods:
@@ -553,7 +578,7 @@ def run_benchmark(policy: str | None = None, *, config: str = "smoke",
         print_fn(json.dumps({"note": f"skipped {method} n={n} m={m}: {e}"}))
         continue
       line, out = search_line(models, prompts, scfg, repeats=repeats, warmup=warmup, seed=seed,
-                              baselines=baselines)
+                              baselines=baselines, compare_replicated=compare_replicated)
       if method == "best_of_n":
         best_of_n_out = out
       lines.append(_finish(line, common, print_fn))
@@ -606,6 +631,9 @@ def _define_flags():
   flags.DEFINE_string("json_out", None, "JSONL output file (written atomically at the end).")
   flags.DEFINE_integer("prompt_len", 0, "Lengthen prompts to >= this many tokens with solved "
                        "examples in front (a few-shot prompt); 0: the bare question.")
+  flags.DEFINE_bool("compare_replicated", False, "Also time each search with the prompt's KV "
+                    "copied to every row (shared_prefix=False) and report both memory plans "
+                    "(replicated_questions_per_sec, peak_bytes, replicated_peak_bytes).")
   return flags.FLAGS
 
 
@@ -621,7 +649,8 @@ def main(argv: Sequence[str]) -> None:
       warmup=f.warmup,
       max_step_tokens=f.max_step_tokens, max_solution_tokens=f.max_solution_tokens,
       max_rounds=f.max_rounds, temperature=f.temperature, seed=f.seed, scoring=f.scoring,
-      baselines=f.baselines, prompt_len=f.prompt_len, print_fn=lambda s: print(s, flush=True))
+      baselines=f.baselines, prompt_len=f.prompt_len, compare_replicated=f.compare_replicated,
+      print_fn=lambda s: print(s, flush=True))
   if f.json_out:
     write_jsonl_atomic(f.json_out, lines)
 

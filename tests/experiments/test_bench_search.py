@@ -65,3 +65,18 @@ def test_select_parents_np_matches_engine():
     want = engine._select_parents(jnp.asarray(score), jnp.asarray(candidate), group, width)
     got = bench_search.select_parents_np(score, candidate, group, width)
     np.testing.assert_array_equal(got, np.asarray(want))
+
+
+def test_compare_replicated_fields():
+  """--compare_replicated: the replicated-prompt search gives the same candidates and holds
+  more memory (the prompt's KV copied to every row)."""
+  lines = bench_search.run_benchmark(
+      config="smoke", methods=("best_of_n",), ns=(8,), num_questions=1, repeats=1, warmup=0,
+      max_step_tokens=8, max_solution_tokens=16, max_rounds=4, scoring=False, baselines=(),
+      prompt_len=64, compare_replicated=True, print_fn=lambda s: None)
+  (line,) = lines
+  _positive(line, ("questions_per_sec", "replicated_questions_per_sec", "peak_bytes",
+                   "replicated_peak_bytes", "temp_bytes", "replicated_temp_bytes"))
+  assert line["replicated_same_tokens"]
+  assert line["mean_prompt_tokens"] >= 64
+  assert line["replicated_temp_bytes"] > line["temp_bytes"]

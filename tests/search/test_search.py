@@ -167,3 +167,17 @@ def test_prompt_bucket_that_overflows_falls_back_to_the_exact_width(models):
   assert out.tokens.shape[:2] == (1, 2)
   with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
     search(small, policy, vcfg.replace(model=small), vparams, [prompt * 2], scfg, eos_id=EOS)
+
+
+@pytest.mark.parametrize("method,extra", [("best_of_n", {}), ("beam", {}), ("dvts", {}),
+                                          ("lookahead", {"k": 1})])
+def test_shared_prefix_equals_replicated_prompt_kv(models, method, extra):
+  """The prompt's KV stored once (the default) gives the replicated search's results."""
+  kw = dict(method=method, n=4, m=2, max_rounds=4, **extra)
+  shared = _search(models, shared_prefix=True, **kw)
+  copied = _search(models, shared_prefix=False, **kw)
+  np.testing.assert_array_equal(shared.tokens, copied.tokens)
+  np.testing.assert_array_equal(shared.step_mask, copied.step_mask)
+  np.testing.assert_allclose(shared.step_scores, copied.step_scores, rtol=1e-5, atol=1e-6)
+  for field in ("policy_tokens", "verifier_tokens", "policy_flops", "rounds"):
+    np.testing.assert_array_equal(getattr(shared.budget, field), getattr(copied.budget, field))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import backend as kernel_backend
 from ttc_jax.decode.generate import pad_prompts, round_up
 from ttc_jax.model import ModelConfig
 from ttc_jax.search.config import Budget, SearchConfig, forward_flops
@@ -51,7 +52,9 @@ def search_capacity(prompt_width: int, scfg: SearchConfig, max_seq_len: int | No
     raise ValueError(f"prompt width {prompt_width} + max_solution_tokens "
                      f"{scfg.max_solution_tokens} + step room {beyond} exceeds the model's "
                      f"max_seq_len {max_seq_len}")
-  return round_up(needed, 16)
+  # Where the decode-attention kernel runs, a capacity in 64-slot blocks lets it
+  # use 64-key blocks without padding (copying) the cache; 16 keeps CPU work small.
+  return round_up(needed, 16 if kernel_backend.resolve("auto") == "xla" else 64)
 
 
 def prepare_prompts(pcfg: ModelConfig, vcfg: VerifierConfig, prompts: Sequence[Sequence[int]],
@@ -102,13 +105,37 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
     pparams, vparams = _replicated(pparams, mesh), _replicated(vparams, mesh)
     tokens, lengths, streams = (np.concatenate([x, np.repeat(x[-1:], padded, axis=0)])
                                 for x in (tokens, lengths, streams))
-  out = fn(pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
-           jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32),
-           jnp.asarray([vcfg.step_token_id, eos_id], jnp.int32), capacity=capacity,
-           eos_id=eos_id, pad_id=pad_id)
+  out = fn(*_engine_args(pcfg, vcfg, scfg, pparams, vparams, tokens, lengths, seed, streams,
+                         eos_id), capacity=capacity, eos_id=eos_id, pad_id=pad_id)
   out = jax.device_get(out)  # one host copy
   out = jax.tree_util.tree_map(lambda x: x[:q * scfg.n], out)  # drop the padding prompts
   return _to_output(pcfg, vcfg, scfg, out, lengths[:q])
+
+
+def _engine_args(pcfg, vcfg, scfg, pparams, vparams, tokens, lengths, seed, streams, eos_id):
+  """`run_search`'s positional arguments."""
+  return (pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
+          jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32),
+          jnp.asarray([vcfg.step_token_id, eos_id], jnp.int32))
+
+
+def compiled_memory(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,
+                    prompts: Sequence[Sequence[int]], scfg: SearchConfig, *, eos_id: int,
+                    pad_id: int = 0, prompt_width: int | None = None) -> dict:
+  """XLA's memory plan for one `search` call (one device), in bytes.
+
+  peak = arguments (params included) + outputs + temporaries (the KV caches
+  and everything else live inside the call) - buffers aliased between them.
+  Compiles the call again (not cached by jit).
+  """
+  tokens, lengths, capacity = prepare_prompts(pcfg, vcfg, prompts, scfg, pad_id, prompt_width)
+  args = _engine_args(pcfg, vcfg, scfg, pparams, vparams, tokens, lengths, 0,
+                      np.arange(len(prompts)), eos_id)
+  m = run_search.lower(*args, capacity=capacity, eos_id=eos_id,
+                       pad_id=pad_id).compile().memory_analysis()
+  return dict(peak_bytes=int(m.argument_size_in_bytes + m.output_size_in_bytes
+                             + m.temp_size_in_bytes - m.alias_size_in_bytes),
+              temp_bytes=int(m.temp_size_in_bytes), argument_bytes=int(m.argument_size_in_bytes))
 
 
 def _replicated(params, mesh):

@@ -25,6 +25,8 @@ class SearchConfig:
     solution's limit; max_steps: step scores kept per candidate.
   sampler: how steps (and best-of-N solutions) are sampled; lookahead
     rollouts are always greedy (temperature 0), as in the paper.
+  shared_prefix: the N rows of a prompt attend to its KV stored once (True) or
+    to a copy each (False; the replicated baseline, same results).
   """
   method: str
   n: int
@@ -35,6 +37,7 @@ class SearchConfig:
   max_solution_tokens: int = 112
   max_steps: int = 48
   sampler: Sampler = Temperature(1.0)
+  shared_prefix: bool = True
 
   def __post_init__(self):
     if self.method not in METHODS:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from ttc_jax.decode.loop import decode, prefill
 from ttc_jax.decode.samplers import Greedy
 from ttc_jax.model import ModelConfig, init_cache
+from ttc_jax.model.cache import fan_out
 from ttc_jax.search.config import SearchConfig
 from ttc_jax.verifier import model as vmodel
 from ttc_jax.verifier.model import VerifierConfig, VerifierState
@@ -129,13 +130,16 @@ def _content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int):
 
 def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams, vparams,
            prompts, prompt_lengths, capacity: int):
-  """Prefill policy and verifier once per prompt, then copy to the N rows."""
-  q = prompts.shape[0]
-  cache = init_cache(pcfg, q, capacity)
+  """Prefill policy and verifier once per prompt, then fan out to the N rows: the
+  prompt's KV shared (stored once, `scfg.shared_prefix`) or copied per row."""
+  q, width = prompts.shape
+  cache = init_cache(pcfg, q, width)
   next_logits, cache = prefill(pcfg, pparams, prompts, prompt_lengths, cache)
-  vstate = vmodel.start(vcfg, vparams, prompts, prompt_lengths, capacity)
+  vstate = vmodel.start(vcfg, vparams, prompts, prompt_lengths, width)
   rows = jnp.repeat(jnp.arange(q), scfg.n)
-  return cache.gather_rows(rows), next_logits[rows], vstate.gather_rows(rows)
+  suffix, shared = capacity - width, scfg.shared_prefix
+  return (fan_out(cache, scfg.n, suffix, shared), next_logits[rows],
+          vmodel.fan_out_state(vstate, scfg.n, suffix, shared))
 
 
 def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,
@@ -307,7 +311,7 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
              max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32),
              stop_tokens=stop_tokens[-1:], sampler=scfg.sampler,
              buffer_len=scfg.max_solution_tokens, pad_id=pad_id,
-             max_start=prompts.shape[1])
+             max_start=0 if scfg.shared_prefix else prompts.shape[1])
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
   v_start = verifier.cache.lengths
   _, scores = vmodel.extend(vcfg, vparams, verifier, d.tokens, content)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from ttc_jax.model import KVCache, ModelConfig, forward_hidden, init_cache, init_params
+from ttc_jax.model.cache import fan_out
 from ttc_jax.model.transformer import unembed
 
 HEADS = ("value", "token", "good_token", "class_softmax")
@@ -259,6 +260,15 @@ class VerifierState:
     take = lambda x: jnp.take(x, index, axis=0)
     return VerifierState(self.cache.gather_rows(index), take(self.last_hidden),
                          take(self.log_prefix), take(self.score))
+
+
+def fan_out_state(state: VerifierState, n: int, suffix_capacity: int,
+                  shared: bool) -> VerifierState:
+  """A state over Q prompts -> over their Q * N rows (`ttc_jax.model.cache.fan_out`)."""
+  rows = jnp.repeat(jnp.arange(state.cache.batch_size), n)
+  take = lambda x: jnp.take(x, rows, axis=0)
+  return VerifierState(fan_out(state.cache, n, suffix_capacity, shared), take(state.last_hidden),
+                       take(state.log_prefix), take(state.score))
 
 
 def start(vcfg: VerifierConfig, params: dict, prompts: jax.Array, prompt_lengths: jax.Array,
