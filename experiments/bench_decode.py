@@ -22,10 +22,17 @@ actual mean context + param bytes) per step at read_gbps
 (`roofline_step_ms_executed`: the KV bytes of the full capacity).
 
 --compare_hf builds `transformers.LlamaForCausalLM` with the same weights (via
-`ttc_jax.hf.save_checkpoint`, or the --hf_dir checkpoint itself), torch CPU f32
-with os.cpu_count() threads, and times `model.generate` the same way (prefill
-included, one short warm-up, median of --repeats) under `torch.inference_mode`.
-`hf_max_abs_logit_diff` checks that both models really hold the same weights.
+`ttc_jax.hf.save_checkpoint`, or the --hf_dir checkpoint itself), on --hf_device
+(auto: CUDA when JAX runs on a GPU, else CPU with os.cpu_count() threads),
+checks the logits in f32 (`hf_max_abs_logit_diff`: both models really hold the
+same weights), casts it to --dtype and times `model.generate` the same way
+(prefill included, one short warm-up, median of --repeats) under
+`torch.inference_mode`, synchronising CUDA before the clock stops.
+
+Memory traffic: `step_gbytes` = params + the KV cache at the mean context, the
+bytes one decode step must read; `achieved_gbps` = step_gbytes / step time,
+beside `read_gbps` (measured) and `spec_gbps` (the card's datasheet figure, 0
+when unknown).
 
 --mesh_data=N shards the batch over N devices (on CPU: N XLA:CPU host devices).
 XLA:CPU runs each attention batched dot (q [1, E] x k [S, E] per row and head)
@@ -115,11 +122,8 @@ def roofline_step_s(cfg: ModelConfig, batch: int, context: float, peak_gflops: f
                     read_gbps: float) -> float:
   """Lower bound for one decode step: dense FLOPs at the matmul peak plus
   (KV cache over `context` keys + all params) read at `read_gbps`."""
-  itemsize = jnp.dtype(cfg.dtype).itemsize
   flops = batch * cfg.flops_per_token(0)
-  kv_bytes = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.hd * context * itemsize
-  param_bytes = cfg.num_params() * itemsize
-  return flops / (peak_gflops * 1e9) + (kv_bytes + param_bytes) / (read_gbps * 1e9)
+  return flops / (peak_gflops * 1e9) + step_bytes(cfg, batch, context) / (read_gbps * 1e9)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -153,14 +157,27 @@ def _jax_generate_fn(cfg, params, prompts, new_tokens, sampler, seed, extra_capa
   return run, info
 
 
-def _hf_model(cfg: ModelConfig, params_f32: dict, hf_dir: str | None, attn_implementation: str):
+def resolve_hf_device(hf_device: str) -> str:
+  """'cuda' or 'cpu' for transformers; 'auto' = cuda when JAX runs on a GPU and torch sees one."""
+  if hf_device not in ("auto", "cpu", "cuda"):
+    raise ValueError(f"hf_device must be auto, cpu or cuda, got {hf_device!r}")
+  if hf_device != "auto":
+    return hf_device
+  import torch
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _hf_model(cfg: ModelConfig, params_f32: dict, hf_dir: str | None, attn_implementation: str,
+              device: str = "cpu"):
+  """transformers model with the same weights, f32, on `device` (CPU: all cores)."""
   import torch
   from transformers import AutoModelForCausalLM
-  torch.set_num_threads(os.cpu_count() or 1)
+  if device == "cpu":
+    torch.set_num_threads(os.cpu_count() or 1)
 
   def load(path):
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=attn_implementation).eval()
+        path, dtype=torch.float32, attn_implementation=attn_implementation).eval().to(device)
 
   if hf_dir is not None:
     return load(hf_dir)
@@ -169,19 +186,27 @@ def _hf_model(cfg: ModelConfig, params_f32: dict, hf_dir: str | None, attn_imple
     return load(tmp)
 
 
+def _sync(model) -> None:
+  import torch
+  if next(model.parameters()).is_cuda:
+    torch.cuda.synchronize()
+
+
 def _hf_logit_diff(model, cfg: ModelConfig, params_f32: dict, prompts: np.ndarray) -> float:
   import torch
   rows = prompts[:4]
   ours, _ = jax.jit(forward, static_argnums=0)(cfg.replace(dtype="float32"), params_f32,
                                                 jnp.asarray(rows))
+  device = next(model.parameters()).device
   with torch.inference_mode():
-    theirs = model(torch.as_tensor(rows, dtype=torch.long)).logits.float().numpy()
-  return float(np.max(np.abs(np.asarray(ours) - theirs)))
+    theirs = model(torch.as_tensor(rows, dtype=torch.long, device=device)).logits.float()
+  return float(np.max(np.abs(np.asarray(ours) - theirs.cpu().numpy())))
 
 
 def _hf_generate_fn(model, prompts: np.ndarray, new_tokens: int, sampler, seed: int):
   import torch
-  input_ids = torch.as_tensor(prompts, dtype=torch.long)
+  device = next(model.parameters()).device
+  input_ids = torch.as_tensor(prompts, dtype=torch.long, device=device)
   attention_mask = torch.ones_like(input_ids)
   if isinstance(sampler, Greedy):
     sampling = dict(do_sample=False)
@@ -193,12 +218,24 @@ def _hf_generate_fn(model, prompts: np.ndarray, new_tokens: int, sampler, seed: 
     with torch.inference_mode():
       out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=n,
                            min_new_tokens=n, pad_token_id=0, eos_token_id=None, **sampling)
+    _sync(model)
     if out.shape != (prompts.shape[0], prompts.shape[1] + n):
       raise RuntimeError(f"transformers generated shape {tuple(out.shape)}, expected "
                          f"{(prompts.shape[0], prompts.shape[1] + n)}")
     return out
 
   return run
+
+
+# Datasheet HBM bandwidths (GB/s) for the accelerators this project is lent.
+SPEC_GBPS = {"NVIDIA H100 80GB HBM3": 3350.0, "NVIDIA H200": 4800.0}
+
+
+def step_bytes(cfg: ModelConfig, batch: int, context: float) -> float:
+  """Bytes one decode step must read: every param once + the KV cache over `context` keys."""
+  itemsize = jnp.dtype(cfg.dtype).itemsize
+  kv_bytes = 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.hd * context * itemsize
+  return cfg.num_params() * itemsize + kv_bytes
 
 
 # ----------------------------------------------------------------------------- main logic
@@ -215,7 +252,7 @@ def run_benchmark(config_name: str = "bench_3m", batch_sizes: Sequence[int] = (1
                   repeats: int = 3, sampler: str = "temperature", temperature: float = 1.0,
                   dtype: str = "float32", compare_hf: bool = False, seed: int = 0,
                   read_mb: int = 256, hf_attn_implementation: str = "sdpa", mesh_data: int = 1,
-                  print_fn=print) -> list[dict]:
+                  hf_device: str = "auto", print_fn=print) -> list[dict]:
   """Runs the benchmark; returns one dict per batch size (also passed to `print_fn` as JSON).
 
   mesh_data > 1 shards the batch over the first `mesh_data` devices (a
@@ -254,16 +291,18 @@ def run_benchmark(config_name: str = "bench_3m", batch_sizes: Sequence[int] = (1
                      f"model's max_seq_len {cfg.max_seq_len}")
 
   machine = _machine_fields()
-  peak_gflops = measure_matmul_peak_gflops()
+  peak_gflops = measure_matmul_peak_gflops(dtype=dtype)  # the model's matmul dtype
   read_gbps = measure_read_gbps(read_mb)
   hf_model = logit_diff = None
   if compare_hf:
     import torch
     import transformers
-    hf_model = _hf_model(cfg, params_f32, hf_dir, hf_attn_implementation)
+    device = resolve_hf_device(hf_device)
+    hf_model = _hf_model(cfg, params_f32, hf_dir, hf_attn_implementation, device)
     machine.update(torch_version=torch.__version__, transformers_version=transformers.__version__,
                    torch_threads=torch.get_num_threads(),
-                   hf_attn_implementation=hf_attn_implementation)
+                   hf_attn_implementation=hf_attn_implementation, hf_device=device,
+                   hf_dtype=dtype)
 
   n_params = cfg.num_params()
   # Same capacity for the max_new_tokens=1 call as for the full one: generate
@@ -308,6 +347,9 @@ def run_benchmark(config_name: str = "bench_3m", batch_sizes: Sequence[int] = (1
                                                   read_gbps) * 1e3,
         read_gbps=read_gbps, peak_gflops=peak_gflops,
         model_gflops_per_s=flops / median / 1e9,
+        step_gbytes=step_bytes(cfg, batch, mean_context) / 1e9,
+        achieved_gbps=step_bytes(cfg, batch, mean_context) / step_s / 1e9 if step_s else 0.0,
+        spec_gbps=SPEC_GBPS.get(machine["device"], 0.0),
         mfu=perf.mfu(flops / median, peak_gflops, peak_devices),
         mfu_executed=perf.mfu(flops_exec / median, peak_gflops, peak_devices),
         loadavg_1m_before=load_1m,
@@ -318,6 +360,9 @@ def run_benchmark(config_name: str = "bench_3m", batch_sizes: Sequence[int] = (1
         if not logit_diff < LOGIT_DIFF_WARN:
           print(f"WARNING: transformers and ttc_jax logits differ by {logit_diff:.3g}: the two "
                 "models may not hold the same weights", file=sys.stderr)
+        if dtype != "float32":  # checked in f32; timed in the benchmark's dtype
+          import torch
+          hf_model = hf_model.to(getattr(torch, dtype))
       hf_run = _hf_generate_fn(hf_model, prompts, new_tokens, samp, seed)
       hf_run(min(new_tokens, 8))  # warm-up
       hf_times = []
@@ -371,6 +416,9 @@ def _define_flags():
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "ttc_jax params/activations.")
   flags.DEFINE_bool("compare_hf", False, "Also time transformers generate on the same weights.")
   flags.DEFINE_string("hf_attn_implementation", "sdpa", "transformers attention (sdpa|eager).")
+  flags.DEFINE_enum("hf_device", "auto", ["auto", "cpu", "cuda"], "Where transformers runs "
+                    "(auto: cuda when JAX runs on a GPU); it runs in --dtype after an f32 "
+                    "logit check.")
   flags.DEFINE_string("json_out", None, "JSONL output file (written atomically at the end).")
   flags.DEFINE_integer("seed", 0, "Seed for params, prompts and sampling.")
   flags.DEFINE_integer("read_mb", 256, "Array size (MiB) for the read-bandwidth measurement.")
@@ -393,7 +441,7 @@ def main(argv: Sequence[str]) -> None:
       new_tokens=f.new_tokens, repeats=f.repeats, sampler=f.sampler, temperature=f.temperature,
       dtype=f.dtype, compare_hf=f.compare_hf, seed=f.seed, read_mb=f.read_mb,
       hf_attn_implementation=f.hf_attn_implementation, mesh_data=f.mesh_data,
-      print_fn=lambda s: print(s, flush=True))
+      hf_device=f.hf_device, print_fn=lambda s: print(s, flush=True))
   if f.json_out:
     write_jsonl_atomic(f.json_out, results)
 

@@ -60,3 +60,16 @@ def test_flops_accounting():
       2 * 9 * cfg.flops_per_token(64))
   with pytest.raises(ValueError, match="unknown benchmark config"):
     get_config("nope")
+
+
+def test_hf_device_and_step_bytes():
+  assert bench_decode.resolve_hf_device("cpu") == "cpu"
+  if bench_decode.jax.default_backend() == "cpu":
+    assert bench_decode.resolve_hf_device("auto") == "cpu"  # never CUDA torch for a CPU JAX run
+  with pytest.raises(ValueError, match="hf_device"):
+    bench_decode.resolve_hf_device("tpu")
+  cfg = bench_decode.get_config("bench_3m")
+  params_only = bench_decode.step_bytes(cfg, 8, 0)
+  assert params_only == cfg.num_params() * 4
+  # One key of context adds K and V for every layer, kv head and row.
+  assert bench_decode.step_bytes(cfg, 8, 1) - params_only == 2 * cfg.n_layers * 8 * cfg.n_kv_heads * cfg.hd * 4
