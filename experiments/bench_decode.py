@@ -376,12 +376,17 @@ def run_benchmark(config_name: str = "bench_3m", batch_sizes: Sequence[int] = (1
                   hf_max_abs_logit_diff=logit_diff)
     line.update(machine)
     line["loadavg_1m_after"] = os.getloadavg()[0]
-    for key, value in line.items():
-      if isinstance(value, float) and not math.isfinite(value):
-        raise RuntimeError(f"non-finite {key} = {value}")
-    results.append(line)
-    print_fn(json.dumps(line))
+    results.append(emit_line(line, print_fn))
   return results
+
+
+def emit_line(line: dict, print_fn) -> dict:
+  """Refuses a line with a non-finite figure, else prints it as JSON; returns it."""
+  for key, value in line.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise RuntimeError(f"non-finite {key} = {value}")
+  print_fn(json.dumps(line))
+  return line
 
 
 def write_jsonl_atomic(path: str, lines: Sequence[dict]) -> None:

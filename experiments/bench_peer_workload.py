@@ -24,8 +24,6 @@ in use (when the backend reports it).
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 import time
 from typing import Callable, Sequence
@@ -34,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.bench_decode import emit_line
 from ttc_jax.bench_configs import get_config
 from ttc_jax.model import init_params
 from ttc_jax.search.api import search_capacity
@@ -113,11 +112,7 @@ def run_benchmark(config: str = "llama_1b", *, n: int = 256, m: int = 4, prompt_
       total_prompts=total_prompts, hours_for_total_prompts=total_prompts / prompts_per_sec / 3600,
       peak_bytes=_peak_bytes(), device=jax.devices()[0].device_kind,
       backend=jax.default_backend(), jax_version=jax.__version__)
-  for key, value in line.items():
-    if isinstance(value, float) and not math.isfinite(value):
-      raise RuntimeError(f"non-finite {key} = {value}")
-  print_fn(json.dumps(line))
-  return line
+  return emit_line(line, print_fn)
 
 
 def _define_flags():

@@ -74,7 +74,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import platform
 import statistics
@@ -596,12 +595,8 @@ def run_benchmark(policy: str | None = None, *, config: str = "smoke",
 
 
 def _finish(line: dict, common: dict, print_fn) -> dict:
-  line = {**line, **common}
-  for key, value in line.items():
-    if isinstance(value, float) and not math.isfinite(value):
-      raise RuntimeError(f"non-finite {key} = {value}")
-  print_fn(json.dumps(line))
-  return line
+  from experiments.bench_decode import emit_line
+  return emit_line({**line, **common}, print_fn)
 
 
 # ----------------------------------------------------------------------------- CLI

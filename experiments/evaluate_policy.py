@@ -11,7 +11,6 @@ knobs. Writes one JSON object (atomically) and prints a table.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 

@@ -28,8 +28,12 @@ def platform() -> str:
   return "gpu" if name in ("gpu", "cuda", "rocm") else name
 
 
-def resolve(impl: str) -> str:
-  """The concrete implementation ('xla' | 'pallas' | 'pallas_interpret') for `impl`."""
+def resolve(impl: str, *, tpu_ready: bool = True) -> str:
+  """The concrete implementation ('xla' | 'pallas' | 'pallas_interpret') for `impl`.
+
+  tpu_ready=False: an op whose kernel does not lower through Mosaic yet runs
+  XLA on TPU under "auto" (an explicit impl or TTC_JAX_KERNELS still wins).
+  """
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
@@ -37,7 +41,8 @@ def resolve(impl: str) -> str:
     if impl not in IMPLS:
       raise ValueError(f"{ENV_VAR} must be one of {IMPLS}, got {impl!r}")
   if impl == "auto":
-    return "pallas" if platform() in ("gpu", "tpu") else "xla"
+    ready = ("gpu", "tpu") if tpu_ready else ("gpu",)
+    return "pallas" if platform() in ready else "xla"
   if impl == "pallas" and platform() == "cpu":
     raise ValueError("impl='pallas' needs a GPU or TPU; on CPU use 'xla' or 'pallas_interpret'")
   return impl

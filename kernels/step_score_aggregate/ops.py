@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 
 from kernels import backend
@@ -14,13 +12,8 @@ _reference_op = jax.jit(_reference.step_score_aggregate, static_argnames=("how",
 
 
 def _resolve(impl: str) -> str:
-  """backend.resolve, except that a plain "auto" on TPU runs XLA: the kernel does not
-  lower through Mosaic yet (pallas.py says why)."""
-  chosen = backend.resolve(impl)
-  unforced = os.environ.get(backend.ENV_VAR, "auto") == "auto"
-  if impl == "auto" and unforced and chosen == "pallas" and backend.platform() == "tpu":
-    return "xla"
-  return chosen
+  # The kernel does not lower through Mosaic yet (pallas.py says why): XLA on TPU.
+  return backend.resolve(impl, tpu_ready=False)
 
 
 def step_score_aggregate(position_scores: jax.Array, is_step: jax.Array, *, how: str,
