@@ -163,25 +163,37 @@ def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, stre
 SCORE_CHUNK = 8
 
 
-def _score_step(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
-                content: jax.Array) -> VerifierState:
-  """Feeds a step's tokens [R, Ls] (content [R] real ones) to the verifier in
-  chunks of SCORE_CHUNK, only as many chunks as the longest step needs: steps
-  are usually far shorter than max_step_tokens (arithmetic: <= 14 of 32), and
-  one [R, Ls] chunk paid for every padded position (measured: 0.30 s of a
-  0.45 s round at 512 rows)."""
+def _score_chunks(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
+                  content: jax.Array) -> tuple[VerifierState, jax.Array]:
+  """Feeds tokens [R, W] (content [R] real ones) to the verifier in chunks of
+  SCORE_CHUNK, only as many chunks as the longest row needs: steps are usually
+  far shorter than max_step_tokens (arithmetic: <= 14 of 32), and one [R, W]
+  chunk paid for every padded position (measured: 0.30 s of a 0.45 s round at
+  512 rows). Chunks also bound the attention temporaries of a whole best-of-N
+  solution (with a shared prefix: R x chunk queries against the prompt, not
+  R x W). Returns (state, prefix score at every fed position [R, W], 0 past content).
+  """
   r, width = tokens.shape
   chunks = -(-width // SCORE_CHUNK)
   tokens = jnp.pad(tokens, ((0, 0), (0, chunks * SCORE_CHUNK - width)))
 
   def body(carry):
-    j, state = carry
+    j, state, scores = carry
     piece = jax.lax.dynamic_slice(tokens, (0, j * SCORE_CHUNK), (r, SCORE_CHUNK))
     num = jnp.clip(content - j * SCORE_CHUNK, 0, SCORE_CHUNK)
-    return j + 1, vmodel.extend(vcfg, vparams, state, piece, num)[0]
+    state, piece_scores = vmodel.extend(vcfg, vparams, state, piece, num)
+    return j + 1, state, jax.lax.dynamic_update_slice(scores, piece_scores, (0, j * SCORE_CHUNK))
 
   more = lambda carry: (carry[0] < chunks) & jnp.any(content > carry[0] * SCORE_CHUNK)
-  return jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), verifier))[1]
+  init = (jnp.zeros((), jnp.int32), verifier, jnp.zeros(tokens.shape, jnp.float32))
+  _, state, scores = jax.lax.while_loop(more, body, init)
+  return state, scores[:, :width]
+
+
+def _score_step(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
+                content: jax.Array) -> VerifierState:
+  """The verifier state after a step's tokens [R, Ls] (see `_score_chunks`)."""
+  return _score_chunks(vcfg, vparams, verifier, tokens, content)[0]
 
 
 def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, stop_tokens,
@@ -314,7 +326,7 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
              max_start=0 if scfg.shared_prefix else prompts.shape[1])
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
   v_start = verifier.cache.lengths
-  _, scores = vmodel.extend(vcfg, vparams, verifier, d.tokens, content)
+  _, scores = _score_chunks(vcfg, vparams, verifier, d.tokens, content)
   zeros = jnp.zeros((r,), jnp.int32)
   where = vmodel.step_positions(vcfg, d.tokens, zeros, content)
   step_scores, step_mask = vmodel.compact(scores, where, scfg.max_steps)
