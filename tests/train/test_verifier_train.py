@@ -202,6 +202,8 @@ def test_loss_decreases_and_metrics_are_logged(straight):
   train = [l["loss"] for l in lines if l["kind"] == "train"]
   evals = [l for l in lines if l["kind"] == "eval"]
   assert train[-1] < train[0]
+  for line in (l for l in lines if l["kind"] == "train"):  # throughput on every train line
+    assert line["tokens_per_s"] > 0 and 0 < line["mfu"] < 1
   assert [e["step"] for e in evals] == [0, 6, 12]
   assert evals[-1]["loss"] < 0.9 * evals[0]["loss"]
   for key in ("answer_auc", "step_auc", "pooled_auc", "all_answer_auc"):

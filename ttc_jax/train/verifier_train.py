@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from ttc_jax import checkpoints as ckpt_lib
+from ttc_jax import perf
 from ttc_jax.train.loop import append_jsonl, trim_metrics
 from ttc_jax.train.optim import OptimConfig, make_optimizer, make_schedule
 from ttc_jax.verifier import checkpoint as vckpt
@@ -515,6 +516,30 @@ def train_verifier(vcfg: VerifierConfig, lm_params: dict | None, train_rows: Ver
     best.close()
 
 
+class _Throughput:
+  """Training tokens/s and MFU between two log lines (padding counts: it is computed).
+
+  FLOPs per token: `perf.train_flops_per_token` (3 x forward, attention at
+  the mean causal context of the batch's width); peak: the in-run f32 matmul
+  peak (`perf.measure_matmul_peak_gflops`).
+  """
+
+  def __init__(self, vcfg: VerifierConfig, now: float):
+    self.cfg, self.peak = vcfg.model, perf.measure_matmul_peak_gflops()
+    self.restart(now)
+
+  def restart(self, now: float) -> None:
+    self.start, self.tokens, self.flops = now, 0, 0.0
+
+  def add(self, rows: int, width: int) -> None:
+    self.tokens += rows * width
+    self.flops += rows * width * perf.train_flops_per_token(self.cfg, width)
+
+  def record(self) -> dict:
+    dt = max(time.perf_counter() - self.start, 1e-9)
+    return {"tokens_per_s": self.tokens / dt, "mfu": perf.mfu(self.flops / dt, self.peak)}
+
+
 def _train(vcfg, lm_params, train_rows, held_out_rows, tcfg, out_dir, tokenizer, ckpt, best,
            resume, stop_at_step, extra_meta, progress, log) -> VerifierTrainResult:
   existing = ckpt.steps()
@@ -608,10 +633,12 @@ def _train(vcfg, lm_params, train_rows, held_out_rows, tcfg, out_dir, tokenizer,
   t0 = time.perf_counter()
   pending = []
   step = start
+  throughput = _Throughput(vcfg, time.perf_counter())
   while step < end and not stopped:
     index = plan.indices(step)
     width = bucket_width(int(arrays.lengths[index].max()), arrays.row_len, tcfg.width_multiple)
     state, metrics = train_step(state, arrays.batch(index, width))
+    throughput.add(len(index), width)
     step += 1
     pending.append(metrics)
     do_log = (tcfg.log_every and step % tcfg.log_every == 0) or step == end
@@ -624,7 +651,7 @@ def _train(vcfg, lm_params, train_rows, held_out_rows, tcfg, out_dir, tokenizer,
           sum(float(m["count"]) for m in fetched), 1.0)
       append_jsonl(metrics_path, {"kind": "train", "step": step, "loss": loss,
                                    "grad_norm": float(fetched[-1]["grad_norm"]),
-                                   "lr": float(fetched[-1]["lr"])})
+                                   "lr": float(fetched[-1]["lr"]), **throughput.record()})
       if bar is not None:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.update(step - bar.n)
@@ -634,6 +661,7 @@ def _train(vcfg, lm_params, train_rows, held_out_rows, tcfg, out_dir, tokenizer,
           bar.set_postfix(loss=f"{loss:.4f}", eval=f"{float(state['best_loss']):.4f}")
       if do_eval_now or step == end or stopped:
         save(step, stopped)
+      throughput.restart(time.perf_counter())  # evaluation and saving are not training
   if bar is not None:
     bar.close()
   train_s = time.perf_counter() - t0
