@@ -54,6 +54,7 @@ class PrmDataConfig:
   rollouts: int = 16
   label: str = "mc"
   contrastive_copies: int = 0
+  reference_chains: bool = False
   temperature: float = 1.0
   max_new_tokens: int = 112
   row_len: int = 128
@@ -106,7 +107,9 @@ def load_or_make_dataset(dcfg: PrmDataConfig, policy_dir: str, cfg, params, toke
   if os.path.exists(report_path) and os.path.exists(data_path):
     with open(report_path) as f:
       cached = json.load(f)
-    diff = ckpt_lib.config_diff(cached.get("key", {}), key)
+    # Fields added since a cache was written take their defaults.
+    defaults = PrmDataConfig().to_dict()
+    diff = ckpt_lib.config_diff({**defaults, **cached.get("key", {})}, key)
     if diff:
       raise ValueError(f"{out_dir} holds a PRM dataset built with other settings (fields "
                        f"{diff}); use a new out_dir or the same settings")
@@ -116,7 +119,7 @@ def load_or_make_dataset(dcfg: PrmDataConfig, policy_dir: str, cfg, params, toke
   rows, report = make_verifier_dataset(
       cfg, params, tokenizer, task, problems, samples=dcfg.samples, rollouts=dcfg.rollouts,
       label=dcfg.label, contrastive_copies=dcfg.contrastive_copies,
-      temperature=dcfg.temperature, seed=dcfg.seed, row_len=dcfg.row_len,
+      reference_chains=dcfg.reference_chains, temperature=dcfg.temperature, seed=dcfg.seed, row_len=dcfg.row_len,
       batch_size=batch_size, max_new_tokens=dcfg.max_new_tokens, progress=progress)
   save_rows(data_path, rows)
   ckpt_lib.write_json_atomic(report_path, {"key": key, "report": report})
@@ -266,6 +269,8 @@ def _define_flags(flag_values=None):
   flags.DEFINE_integer("samples", 16, "Policy samples per question.", **on)
   flags.DEFINE_integer("rollouts", 16, "MC rollouts per step prefix.", **on)
   flags.DEFINE_integer("contrastive_copies", 0, "Corrupted reference chains per question.", **on)
+  flags.DEFINE_bool("reference_chains", False, "Also a row per question with its reference "
+                    "solution (all steps correct).", **on)
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (samples and rollouts).", **on)
   flags.DEFINE_integer("max_new_tokens", 112, "Generation limit per solution / rollout.", **on)
   flags.DEFINE_integer("row_len", 128, "Verifier row width (longer rows are dropped).", **on)
@@ -306,7 +311,8 @@ def main(argv, flag_values=None) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   dcfg = PrmDataConfig(num_questions=f.num_train_questions, problem_seed=f.problem_seed,
                        samples=f.samples, rollouts=f.rollouts, label=f.label,
-                       contrastive_copies=f.contrastive_copies, temperature=f.temperature,
+                       contrastive_copies=f.contrastive_copies,
+                       reference_chains=f.reference_chains, temperature=f.temperature,
                        max_new_tokens=f.max_new_tokens, row_len=f.row_len, seed=f.seed)
   tcfg = vt.VerifierTrainConfig(
       lr=f.lr, batch_size=f.batch_size, dropout=f.dropout, weight_decay=f.weight_decay,

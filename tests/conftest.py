@@ -24,3 +24,21 @@ def tiny_config(**overrides) -> ModelConfig:
 def tiny_model():
   cfg = tiny_config(qkv_bias=True)
   return cfg, init_params(cfg, jax.random.key(0))
+
+
+def route_through_kernel(monkeypatch, module, name: str) -> list:
+  """Sets TTC_JAX_KERNELS=pallas_interpret (as "auto" picks Pallas on a GPU) and
+  counts traces of the kernel entry point `module.name`: returns the list its
+  calls append their `interpret` flag to. Caches are cleared because the impl
+  is chosen at trace time; clear them again when done."""
+  calls = []
+  original = getattr(module, name)
+
+  def counted(*args, **kwargs):
+    calls.append(kwargs.get("interpret"))
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(module, name, counted)
+  monkeypatch.setenv("TTC_JAX_KERNELS", "pallas_interpret")
+  jax.clear_caches()
+  return calls

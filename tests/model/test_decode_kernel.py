@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kernels.ragged_decode_attention import pallas as rda_pallas
-from tests.conftest import tiny_config
+from tests.conftest import route_through_kernel, tiny_config
 from ttc_jax.decode import Greedy, generate
 from ttc_jax.model import forward, init_cache, init_params
 from ttc_jax.search import SearchConfig, search
@@ -29,17 +29,7 @@ def params():
 @pytest.fixture
 def kernel_calls(monkeypatch):
   """Routes decode attention through the interpreted kernel; counts kernel traces."""
-  calls = []
-  original = rda_pallas.multi_query_attention
-
-  def counted(*args, **kwargs):
-    calls.append(kwargs.get("interpret"))
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(rda_pallas, "multi_query_attention", counted)
-  monkeypatch.setenv("TTC_JAX_KERNELS", "pallas_interpret")
-  jax.clear_caches()  # the impl is chosen at trace time
-  yield calls
+  yield route_through_kernel(monkeypatch, rda_pallas, "multi_query_attention")
   jax.clear_caches()
 
 

@@ -1,5 +1,7 @@
 """Search invariants on a tiny random policy and verifier (fixed seeds)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from tests.conftest import tiny_config
 from ttc_jax.decode import Greedy, Temperature, generate
 from ttc_jax.model import init_params
-from ttc_jax.search import SearchConfig, search
+from ttc_jax.search import SearchConfig, engine, search, search_capacity
+from ttc_jax.search.api import _engine_args, prepare_prompts
 from ttc_jax.search.selection import answer_ids, select
 from ttc_jax.verifier import VerifierConfig, init_verifier, step_scores
 
@@ -16,7 +19,9 @@ from ttc_jax.verifier import VerifierConfig, init_verifier, step_scores
 STEP, EOS = 22, 15
 CFG = tiny_config()
 PROMPTS = [[1, 5, 6], [1, 9, 9, 9, 9], [1, 4], [1, 30, 31]]
-LIMITS = dict(max_solution_tokens=24, max_step_tokens=8, max_steps=24)
+# row_sizes=1: one compiled step per round keeps this file's compile time down;
+# the row-compaction tests below set it.
+LIMITS = dict(max_solution_tokens=24, max_step_tokens=8, max_steps=24, row_sizes=1)
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +186,59 @@ def test_shared_prefix_equals_replicated_prompt_kv(models, method, extra):
   np.testing.assert_allclose(shared.step_scores, copied.step_scores, rtol=1e-5, atol=1e-6)
   for field in ("policy_tokens", "verifier_tokens", "policy_flops", "rounds"):
     np.testing.assert_array_equal(getattr(shared.budget, field), getattr(copied.budget, field))
+
+
+def test_round_widths_are_the_capacity_and_its_halvings():
+  assert engine.round_widths(160, 3) == (48, 80, 160)
+  assert engine.round_widths(40, 3) == (32, 40)  # no width under 32
+  assert engine.round_widths(160, 1) == (160,)
+
+
+@pytest.mark.parametrize("method,extra", [("beam", {}), ("lookahead", {"k": 1})])
+def test_rounds_over_narrow_caches_equal_whole_capacity_rounds(models, method, extra):
+  """A round run over the narrowest cache that fits (here 3 widths) changes nothing."""
+  kw = dict(method=method, n=4, m=2, max_rounds=6, max_solution_tokens=48, **extra)
+  scfg = SearchConfig(**{**LIMITS, **kw})
+  suffix = search_capacity(8, scfg, None) - 8
+  assert len(engine.round_widths(suffix, scfg.round_widths)) == 3
+  narrow = _search(models, **kw)
+  whole = _search(models, round_widths=1, **kw)
+  np.testing.assert_array_equal(narrow.tokens, whole.tokens)
+  np.testing.assert_allclose(narrow.step_scores, whole.step_scores, rtol=1e-5, atol=1e-6)
+  for field in ("policy_tokens", "verifier_tokens", "rounds"):
+    np.testing.assert_array_equal(getattr(narrow.budget, field), getattr(whole.budget, field))
+  assert narrow.lengths.max() > 16  # rows grew past the narrowest widths' early rounds
+
+
+@pytest.mark.parametrize("method,extra", [("beam", {}), ("lookahead", {"k": 1})])
+def test_round_with_few_active_rows_runs_them_alone_with_the_same_result(models, method, extra):
+  """3 of 32 rows unfinished: the round runs 4 rows (rows of 3 prompts, each with
+  its own copy of its prompt's prefix) and must give the all-rows round's state."""
+  policy, vcfg, vparams = models
+  states = []
+  for rows in (1, 2):
+    scfg = SearchConfig(**{**LIMITS, "row_sizes": rows, "method": method, "n": 8, "m": 2,
+                           **extra})
+    assert engine.row_sizes(32, rows) == ((32,) if rows == 1 else (4, 32))
+    tokens, lengths, capacity = prepare_prompts(CFG, vcfg, PROMPTS, scfg, 0, 8)
+    pcfg, vcfg_, _, pp, vp, ptok, plen, seed, pstreams, stops = _engine_args(
+        CFG, vcfg, scfg, policy, vparams, tokens, lengths, 0, np.arange(4), EOS)
+    state, streams = _init_state(pcfg, vcfg_, scfg, pp, vp, ptok, plen, pstreams,
+                                 capacity=capacity, pad_id=0)
+    run = lambda s: _round(pcfg, vcfg_, scfg, pp, vp, s, streams, seed, stops, eos_id=EOS,
+                           pad_id=0)
+    state = run(state)  # every row takes a first step
+    state = dataclasses.replace(state, finished=jnp.ones(32, bool).at[jnp.array([1, 9, 30])]
+                                .set(False))
+    states.append(jax.device_get(run(state)))
+  few, every = states
+  for field in ("tokens", "lengths", "num_steps", "finished"):
+    np.testing.assert_array_equal(getattr(few, field), getattr(every, field))
+  np.testing.assert_allclose(few.step_scores, every.step_scores, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(few.counters.policy_tokens, every.counters.policy_tokens)
+  np.testing.assert_array_equal(few.cache.lengths, every.cache.lengths)
+
+
+_init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2),
+                      static_argnames=("capacity", "pad_id"))
+_round = jax.jit(engine.search_round, static_argnums=(0, 1, 2), static_argnames=("eos_id", "pad_id"))

@@ -87,6 +87,30 @@ class KVCache:
     return KVCache([take(k) for k in self.k], [take(v) for v in self.v], take(self.lengths),
                    self.prefix)
 
+  def take_rows(self, index: jax.Array) -> "KVCache":
+    """Rows `index` [B'] as a cache of their own (running a few rows of a batch).
+
+    Unlike `gather_rows`, rows may come from any prompt: with a shared prefix
+    each taken row gets its own copy of its prompt's prefix (group 1), which
+    is cheap when B' is small. `put_rows` writes the rows back.
+    """
+    take = lambda x: jnp.take(x, index, axis=0)
+    prefix = self.prefix
+    if prefix is not None:
+      prompt = index // prefix.group
+      by_prompt = lambda x: jnp.take(x, prompt, axis=0)
+      prefix = SharedPrefix([by_prompt(k) for k in prefix.k], [by_prompt(v) for v in prefix.v],
+                            by_prompt(prefix.lengths), 1)
+    return KVCache([take(k) for k in self.k], [take(v) for v in self.v], take(self.lengths),
+                   prefix)
+
+  def put_rows(self, index: jax.Array, rows: "KVCache") -> "KVCache":
+    """This cache with rows `index` replaced by `rows` (from `take_rows(index)`)."""
+    put = lambda full, part: full.at[index].set(part)
+    return KVCache([put(f, r) for f, r in zip(self.k, rows.k)],
+                   [put(f, r) for f, r in zip(self.v, rows.v)],
+                   put(self.lengths, rows.lengths), self.prefix)
+
 
 def fan_out(cache: KVCache, n: int, suffix_capacity: int, shared: bool) -> KVCache:
   """A prefilled prompt cache [Q] -> one for the N rows of each prompt [Q * N].

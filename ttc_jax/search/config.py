@@ -27,6 +27,14 @@ class SearchConfig:
     rollouts are always greedy (temperature 0), as in the paper.
   shared_prefix: the N rows of a prompt attend to its KV stored once (True) or
     to a copy each (False; the replicated baseline, same results).
+  round_widths: how many cache widths a step-wise round may run at (the
+    capacity and its halvings, `engine.round_widths`): early rounds then skip
+    attention over empty slots; each width compiles the round once more.
+    1: every round over the whole capacity (same results).
+  row_sizes: how many batch sizes a step-wise round's sampling and scoring
+    may run at (all rows, 1/8 of them, ...; `engine.row_sizes`): once most
+    beams have finished, only the unfinished rows run. Each size compiles
+    them once more; 1: every row runs every round (same results).
   """
   method: str
   n: int
@@ -38,6 +46,8 @@ class SearchConfig:
   max_steps: int = 48
   sampler: Sampler = Temperature(1.0)
   shared_prefix: bool = True
+  round_widths: int = 3
+  row_sizes: int = 2
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -53,7 +63,8 @@ class SearchConfig:
         raise ValueError(f"beam width m must be in [1, n={self.n}], got {self.m}")
       if self.n % self.m:
         raise ValueError(f"n={self.n} is not divisible by the beam width m={self.m}")
-    for name in ("max_rounds", "max_step_tokens", "max_solution_tokens", "max_steps"):
+    for name in ("max_rounds", "max_step_tokens", "max_solution_tokens", "max_steps",
+                 "round_widths", "row_sizes"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -142,22 +142,96 @@ def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams,
           vmodel.fan_out_state(vstate, scfg.n, suffix, shared))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _StepInputs:
+  """What sampling and scoring one step needs, per row."""
+  cache: object  # policy KVCache
+  next_logits: jax.Array  # [R, V]
+  verifier: VerifierState
+  streams: jax.Array  # [R]
+  active: jax.Array  # [R] bool
+  room: jax.Array  # [R] tokens the row may still generate
+
+  def take_rows(self, index: jax.Array) -> "_StepInputs":
+    take = lambda x: jnp.take(x, index, axis=0)
+    return _StepInputs(self.cache.take_rows(index), take(self.next_logits),
+                       self.verifier.take_rows(index), take(self.streams), take(self.active),
+                       take(self.room))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Step:
+  """One sampled and scored step, per row (inactive rows: nothing new)."""
+  cache: object  # policy KVCache
+  next_logits: jax.Array  # [R, V]
+  tokens: jax.Array  # [R, max_step_tokens]
+  num_new: jax.Array  # [R]
+  verifier: VerifierState
+
+  def put_rows(self, index: jax.Array, rows: "_Step") -> "_Step":
+    put = lambda full, part: full.at[index].set(part)
+    return _Step(self.cache.put_rows(index, rows.cache), put(self.next_logits, rows.next_logits),
+                 put(self.tokens, rows.tokens), put(self.num_new, rows.num_new),
+                 self.verifier.put_rows(index, rows.verifier))
+
+
 def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,
                     stop_tokens, eos_id, pad_id, sampler, room):
   """Every `active` row samples one step and the verifier scores it.
 
-  room [R]: tokens the row may still generate. Returns (policy decode state,
-  verifier state, tokens [R, Ls], num_new [R], content [R], ended_eos [R], counters).
+  room [R]: tokens the row may still generate. Returns (_Step, content [R],
+  ended_eos [R], counters). When few rows are active (beams that finished
+  early sit out the later rounds) only the smallest of `row_sizes` that
+  holds them runs, active rows first; the others are untouched.
   """
-  max_new = jnp.where(active, jnp.minimum(scfg.max_step_tokens, room), 0)
-  d = decode(pcfg, pparams, s.cache, s.next_logits, seed=seed, row_streams=streams,
+  step = functools.partial(_sample_and_score, pcfg, vcfg, scfg, pparams, vparams, seed=seed,
+                           stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id, sampler=sampler)
+  inputs = _StepInputs(s.cache, s.next_logits, s.verifier, streams, active, room)
+  sizes = row_sizes(active.shape[0], scfg.row_sizes)
+  if len(sizes) == 1:
+    out = step(inputs)
+  else:
+    index = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), jnp.sum(active)), len(sizes) - 1)
+    out = jax.lax.switch(index, [functools.partial(_on_rows, step, size) for size in sizes],
+                         inputs, pad_id)
+  content, ended = _content_length(out.tokens, out.num_new, eos_id)
+  counters = s.counters.add(s.cache.lengths, out.num_new, s.verifier.cache.lengths, content)
+  return out, content, ended, counters
+
+
+ROW_SIZE_FACTOR = 8
+
+
+def row_sizes(rows: int, levels: int) -> tuple[int, ...]:
+  """Batch sizes a step may run at, ascending: `rows` and rows / 8, / 64, ...
+  (rounded up; `levels` sizes at most)."""
+  return tuple(sorted({-(-rows // ROW_SIZE_FACTOR ** level) for level in range(levels)}))
+
+
+def _on_rows(step, size: int, inputs: _StepInputs, pad_id: int) -> _Step:
+  """`step` over `size` rows, the active ones first, written back in place."""
+  r = inputs.active.shape[0]
+  if size == r:
+    return step(inputs)
+  index = jnp.argsort(~inputs.active, stable=True)[:size]
+  part = step(inputs.take_rows(index))
+  idle = _Step(inputs.cache, inputs.next_logits, jnp.full((r,) + part.tokens.shape[1:], pad_id,
+                                                          part.tokens.dtype),
+               jnp.zeros((r,), part.num_new.dtype), inputs.verifier)
+  return idle.put_rows(index, part)
+
+
+def _sample_and_score(pcfg, vcfg, scfg, pparams, vparams, x: _StepInputs, *, seed, stop_tokens,
+                      eos_id, pad_id, sampler) -> _Step:
+  max_new = jnp.where(x.active, jnp.minimum(scfg.max_step_tokens, x.room), 0)
+  d = decode(pcfg, pparams, x.cache, x.next_logits, seed=seed, row_streams=x.streams,
              max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
-             buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=active)
-  content, ended = _content_length(d.tokens, d.num_new, eos_id)
-  v_start = s.verifier.cache.lengths
-  verifier = _score_step(vcfg, vparams, s.verifier, d.tokens, content)
-  counters = s.counters.add(s.cache.lengths, d.num_new, v_start, content)
-  return d, verifier, content, ended, counters
+             buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=x.active)
+  content, _ = _content_length(d.tokens, d.num_new, eos_id)
+  verifier = _score_step(vcfg, vparams, x.verifier, d.tokens, content)
+  return _Step(d.cache, d.next_logits, d.tokens, d.num_new, verifier)
 
 
 SCORE_CHUNK = 8
@@ -212,11 +286,11 @@ def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams,
   for _ in range(scfg.k):
     probe = dataclasses.replace(s, cache=cache, next_logits=next_logits, verifier=verifier,
                                 counters=counters)
-    d, verifier, content, ended, counters = _step_and_score(
+    d, content, ended, counters = _step_and_score(
         pcfg, vcfg, scfg, pparams, vparams, probe, seed=jnp.uint32(0), streams=streams,
         active=rolling, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
         sampler=Greedy(), room=max_solution - lengths)
-    cache, next_logits = d.cache, d.next_logits
+    cache, next_logits, verifier = d.cache, d.next_logits, d.verifier
     lengths = lengths + d.num_new
     rolling = rolling & ~ended & (d.num_new > 0) & (lengths < max_solution)
   score = jnp.where(s.finished, s.verifier.score, verifier.score)
@@ -264,13 +338,71 @@ def _row_streams(prompt_streams: jax.Array, n: int) -> jax.Array:
 
 def search_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, streams, seed, stop_tokens, *,
                  eos_id: int, pad_id: int) -> _State:
+  """One round (see `_round`), run over caches only as wide as this round can reach.
+
+  Attention reads every cache slot, filled or not, and early rounds fill few:
+  the round runs at the narrowest of `round_widths` that holds every row's
+  filled slots plus what the round may write (a step, lookahead rollouts, the
+  decode scratch slot). The narrow caches are copied out once and written back
+  once per round; slots past the width are beyond every row's length (masked).
+  """
+  round_fn = functools.partial(_round, pcfg, vcfg, scfg, pparams, vparams, streams=streams,
+                               seed=seed, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id)
+  widths = round_widths(s.cache.capacity, scfg.round_widths)
+  if len(widths) == 1:
+    return round_fn(s)
+  writes = scfg.max_step_tokens * (scfg.k + 1) + 1
+  need = jnp.maximum(_filled_slots(s.cache), _filled_slots(s.verifier.cache)) + writes
+  index = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), need), len(widths) - 1)
+  return jax.lax.switch(index, [functools.partial(_round_at_width, round_fn, w) for w in widths],
+                        s)
+
+
+def round_widths(capacity: int, levels: int) -> tuple[int, ...]:
+  """Cache widths a search round may run at, ascending: `capacity` and its
+  first levels - 1 halvings rounded up to 16 slots (no narrower than 32)."""
+  widths = {capacity}
+  for level in range(1, levels):
+    width = -(-capacity // (16 << level)) * 16
+    if width >= 32:
+      widths.add(width)
+  return tuple(sorted(widths))
+
+
+def _filled_slots(cache) -> jax.Array:
+  """[] the most slots any row of `cache` has filled."""
+  return jnp.max(cache.lengths - cache.offsets)
+
+
+def _round_at_width(round_fn, width: int, s: _State) -> _State:
+  narrow = _with_caches(s, s.cache.resize(width), s.verifier.cache.resize(width))
+  out = round_fn(narrow)
+  return _with_caches(out, _write_back(s.cache, out.cache), _write_back(s.verifier.cache,
+                                                                         out.verifier.cache))
+
+
+def _with_caches(s: _State, policy_cache, verifier_cache) -> _State:
+  return dataclasses.replace(s, cache=policy_cache,
+                             verifier=dataclasses.replace(s.verifier, cache=verifier_cache))
+
+
+def _write_back(full, narrow):
+  """`narrow`'s slots written over the first slots of `full` (same rows, in place)."""
+  put = lambda f, n: jax.lax.dynamic_update_slice(f, n, (0, 0, 0, 0))
+  return narrow.replace(k=[put(f, n) for f, n in zip(full.k, narrow.k)],
+                        v=[put(f, n) for f, n in zip(full.v, narrow.v)])
+
+
+def _round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, seed, stop_tokens,
+           eos_id: int, pad_id: int) -> _State:
   """One round: sample a step per unfinished row, score it, (look ahead,) select."""
   r = streams.shape[0]
   active = ~s.finished
-  d, verifier, content, ended, counters = _step_and_score(
+  d, content, ended, counters = _step_and_score(
       pcfg, vcfg, scfg, pparams, vparams, s, seed=_round_seed(seed, s.round), streams=streams,
       active=active, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
       sampler=scfg.sampler, room=scfg.max_solution_tokens - s.lengths)
+  verifier = d.verifier
   scored = active & (content > 0)
   slot = jnp.minimum(s.num_steps, scfg.max_steps - 1)
   step_scores = s.step_scores.at[jnp.arange(r), slot].set(

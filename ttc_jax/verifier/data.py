@@ -583,7 +583,7 @@ def _target_stats(rows: VerifierRows) -> dict:
 def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                           problems: Sequence[Problem], *, samples: int = 16, rollouts: int = 16,
                           label: str = "mc", contrastive_copies: int = 0,
-                          temperature: float = 1.0, seed: int = 0, row_len: int = 128,
+                          reference_chains: bool = False, temperature: float = 1.0, seed: int = 0, row_len: int = 128,
                           batch_size: int = 256, max_new_tokens: int = 112,
                           progress: bool = False) -> tuple[VerifierRows, dict]:
   """PRM rows from policy samples (+ optional contrastive chains) and a report.
@@ -594,7 +594,9 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   continuations per prefix at the same temperature; "both": MC labels zeroed
   where the exact label is 0 (MC's value estimate on correct prefixes, no
   credit for lucky recoveries after a real mistake). Rows always carry the
-  exact labels in `step_exact`. Contrastive rows use exact labels.
+  exact labels in `step_exact`. Contrastive rows use exact labels;
+  reference_chains adds each question's reference solution to them (an
+  all-correct chain beside its corrupted copies).
   """
   if label not in LABEL_KINDS:
     raise ValueError(f"label must be one of {LABEL_KINDS}, got {label!r}")
@@ -640,9 +642,10 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   rows = build_rows(task, tokenizer, problems, kept, targets, row_len, source=SOURCE_SAMPLE)
   report["sample_rows"] = _target_stats(rows)
   parts = [rows]
-  if contrastive_copies > 0:
-    chains = [contrastive_completions(task, p, random.Random(f"contrastive/{seed}/{q}"),
-                                      contrastive_copies) for q, p in enumerate(problems)]
+  if contrastive_copies > 0 or reference_chains:
+    chains = [[p.solution] * reference_chains
+              + contrastive_completions(task, p, random.Random(f"contrastive/{seed}/{q}"),
+                                        contrastive_copies) for q, p in enumerate(problems)]
     chain_labels = [[exact_step_labels(task, p, t) for t in texts]
                     for p, texts in zip(problems, chains)]
     contrastive = build_rows(task, tokenizer, problems, chains, chain_labels, row_len,

@@ -36,6 +36,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from kernels import backend as kernel_backend
+from kernels.step_score_aggregate import step_score_aggregate
 from ttc_jax.model import KVCache, ModelConfig, forward_hidden, init_cache, init_params
 from ttc_jax.model.cache import fan_out
 from ttc_jax.model.transformer import unembed
@@ -228,8 +230,15 @@ def step_positions(vcfg: VerifierConfig, tokens: jax.Array, prompt_lengths: jax.
 def compact(values: jax.Array, where: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
   """Packs values [B, T] at positions `where` [B, T] to the left: ([B, width], mask [B, width]).
 
-  Entries past `width` are dropped.
+  Entries past `width` are dropped. Where a kernel runs (GPU, or
+  TTC_JAX_KERNELS=pallas_interpret) f32 scores go through the step-score
+  kernel (kernels/step_score_aggregate), which packs them in one pass over
+  row tiles instead of a scatter.
   """
+  impl = kernel_backend.resolve("auto", tpu_ready=False)
+  if impl != "xla" and values.dtype == jnp.float32:
+    packed, mask, _ = step_score_aggregate(values, where, how="last", max_steps=width, impl=impl)
+    return packed, mask
   slot = jnp.cumsum(where, axis=1) - 1
   slot = jnp.where(where & (slot < width), slot, width)  # width = a dropped scratch column
   rows = jnp.arange(values.shape[0])[:, None]
@@ -260,6 +269,18 @@ class VerifierState:
     take = lambda x: jnp.take(x, index, axis=0)
     return VerifierState(self.cache.gather_rows(index), take(self.last_hidden),
                          take(self.log_prefix), take(self.score))
+
+  def take_rows(self, index: jax.Array) -> "VerifierState":
+    """Rows `index` from any prompts (`KVCache.take_rows`)."""
+    take = lambda x: jnp.take(x, index, axis=0)
+    return VerifierState(self.cache.take_rows(index), take(self.last_hidden),
+                         take(self.log_prefix), take(self.score))
+
+  def put_rows(self, index: jax.Array, rows: "VerifierState") -> "VerifierState":
+    put = lambda full, part: full.at[index].set(part)
+    return VerifierState(self.cache.put_rows(index, rows.cache),
+                         put(self.last_hidden, rows.last_hidden),
+                         put(self.log_prefix, rows.log_prefix), put(self.score, rows.score))
 
 
 def fan_out_state(state: VerifierState, n: int, suffix_capacity: int,
