@@ -168,3 +168,22 @@ def test_segment_plan_covers_every_reachable_position():
     assert [l for _, l in plan] == sorted(l for _, l in plan)
     for width, limit in plan:  # after `limit` steps a row is at most start + limit long
       assert width >= min(capacity, start + limit + 1)
+
+
+@pytest.mark.parametrize("max_new_tokens", [12, 40])  # 40: two decode segments
+def test_slow_rows_finishing_alone_give_the_same_tokens(tiny_model, max_new_tokens):
+  """tail_rows=4: once at most 4 of 8 rows still decode, they go on in a 4-row batch."""
+  cfg, params = tiny_model
+  prompts = PROMPTS * 2
+  kw = dict(max_new_tokens=max_new_tokens, sampler=Temperature(1.0), seed=5)
+  full = generate(cfg, params, prompts, tail_rows=None, **kw)
+  delimiter = int(np.bincount(np.asarray(full.tokens).ravel()).argmax())
+  kw["stop_tokens"] = [delimiter]
+  whole = generate(cfg, params, prompts, tail_rows=None, **kw)
+  tail = generate(cfg, params, prompts, tail_rows=4, **kw)
+  lengths = np.sort(np.asarray(whole.lengths))
+  assert lengths[-5] < lengths[-1], lengths  # the last steps ran in the 4-row tail
+  np.testing.assert_array_equal(tail.tokens, whole.tokens)
+  np.testing.assert_array_equal(tail.lengths, whole.lengths)
+  np.testing.assert_allclose(tail.logprobs, whole.logprobs, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(tail.stopped_on_token, whole.stopped_on_token)

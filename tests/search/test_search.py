@@ -19,9 +19,9 @@ from ttc_jax.verifier import VerifierConfig, init_verifier, step_scores
 STEP, EOS = 22, 15
 CFG = tiny_config()
 PROMPTS = [[1, 5, 6], [1, 9, 9, 9, 9], [1, 4], [1, 30, 31]]
-# row_sizes=1: one compiled step per round keeps this file's compile time down;
-# the row-compaction tests below set it.
-LIMITS = dict(max_solution_tokens=24, max_step_tokens=8, max_steps=24, row_sizes=1)
+# tail_fraction=0: one compiled decode / scoring loop keeps this file's compile
+# time down; the tail tests below set it.
+LIMITS = dict(max_solution_tokens=24, max_step_tokens=8, max_steps=24, tail_fraction=0)
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +190,15 @@ def test_shared_prefix_equals_replicated_prompt_kv(models, method, extra):
 
 def test_round_widths_are_the_capacity_and_its_halvings():
   assert engine.round_widths(160, 3) == (48, 80, 160)
-  assert engine.round_widths(40, 3) == (32, 40)  # no width under 32
+  assert engine.round_widths(136, 3) == (48, 80, 136)
+  assert engine.round_widths(120, 3) == (120,)  # too small to narrow
   assert engine.round_widths(160, 1) == (160,)
 
 
 @pytest.mark.parametrize("method,extra", [("beam", {}), ("lookahead", {"k": 1})])
 def test_rounds_over_narrow_caches_equal_whole_capacity_rounds(models, method, extra):
   """A round run over the narrowest cache that fits (here 3 widths) changes nothing."""
-  kw = dict(method=method, n=4, m=2, max_rounds=6, max_solution_tokens=48, **extra)
+  kw = dict(method=method, n=4, m=2, max_rounds=6, max_solution_tokens=112, **extra)
   scfg = SearchConfig(**{**LIMITS, **kw})
   suffix = search_capacity(8, scfg, None) - 8
   assert len(engine.round_widths(suffix, scfg.round_widths)) == 3
@@ -207,19 +208,20 @@ def test_rounds_over_narrow_caches_equal_whole_capacity_rounds(models, method, e
   np.testing.assert_allclose(narrow.step_scores, whole.step_scores, rtol=1e-5, atol=1e-6)
   for field in ("policy_tokens", "verifier_tokens", "rounds"):
     np.testing.assert_array_equal(getattr(narrow.budget, field), getattr(whole.budget, field))
-  assert narrow.lengths.max() > 16  # rows grew past the narrowest widths' early rounds
+  assert narrow.lengths.max() > 39  # some round ran wider than 48 slots (39 + 9 written)
 
 
 @pytest.mark.parametrize("method,extra", [("beam", {}), ("lookahead", {"k": 1})])
 def test_round_with_few_active_rows_runs_them_alone_with_the_same_result(models, method, extra):
-  """3 of 32 rows unfinished: the round runs 4 rows (rows of 3 prompts, each with
-  its own copy of its prompt's prefix) and must give the all-rows round's state."""
+  """3 of 64 rows unfinished: with an 8-row tail the round samples and scores them
+  alone (rows of 3 prompts, each with its own copy of its prompt's prefix) and
+  must give the all-rows round's state."""
   policy, vcfg, vparams = models
   states = []
-  for rows in (1, 2):
-    scfg = SearchConfig(**{**LIMITS, "row_sizes": rows, "method": method, "n": 8, "m": 2,
-                           **extra})
-    assert engine.row_sizes(32, rows) == ((32,) if rows == 1 else (4, 32))
+  for fraction in (0, 8):
+    scfg = SearchConfig(**{**LIMITS, "tail_fraction": fraction, "method": method, "n": 16,
+                           "m": 4, **extra})
+    assert engine.tail_rows(scfg, 64) == (None if fraction == 0 else 8)
     tokens, lengths, capacity = prepare_prompts(CFG, vcfg, PROMPTS, scfg, 0, 8)
     pcfg, vcfg_, _, pp, vp, ptok, plen, seed, pstreams, stops = _engine_args(
         CFG, vcfg, scfg, policy, vparams, tokens, lengths, 0, np.arange(4), EOS)
@@ -227,16 +229,29 @@ def test_round_with_few_active_rows_runs_them_alone_with_the_same_result(models,
                                  capacity=capacity, pad_id=0)
     run = lambda s: _round(pcfg, vcfg_, scfg, pp, vp, s, streams, seed, stops, eos_id=EOS,
                            pad_id=0)
-    state = run(state)  # every row takes a first step
-    state = dataclasses.replace(state, finished=jnp.ones(32, bool).at[jnp.array([1, 9, 30])]
+    state = run(state)  # every row takes a first step (tail or not)
+    states.append(jax.device_get(state))
+    state = dataclasses.replace(state, finished=jnp.ones(64, bool).at[jnp.array([1, 19, 60])]
                                 .set(False))
     states.append(jax.device_get(run(state)))
-  few, every = states
-  for field in ("tokens", "lengths", "num_steps", "finished"):
-    np.testing.assert_array_equal(getattr(few, field), getattr(every, field))
-  np.testing.assert_allclose(few.step_scores, every.step_scores, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(few.counters.policy_tokens, every.counters.policy_tokens)
-  np.testing.assert_array_equal(few.cache.lengths, every.cache.lengths)
+  for every, tail in ((states[0], states[2]), (states[1], states[3])):
+    for field in ("tokens", "lengths", "num_steps", "finished"):
+      np.testing.assert_array_equal(getattr(tail, field), getattr(every, field))
+    np.testing.assert_allclose(tail.step_scores, every.step_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(tail.counters.policy_tokens, every.counters.policy_tokens)
+    np.testing.assert_array_equal(tail.cache.lengths, every.cache.lengths)
+
+
+@pytest.mark.parametrize("method,extra", [("best_of_n", {}), ("beam", {}), ("dvts", {})])
+def test_search_with_tails_equals_search_without(models, method, extra):
+  kw = dict(method=method, n=16, m=4, max_rounds=6, **extra)
+  tail = _search(models, **{**kw, "tail_fraction": 8})
+  whole = _search(models, **kw)
+  np.testing.assert_array_equal(tail.tokens, whole.tokens)
+  np.testing.assert_array_equal(tail.step_mask, whole.step_mask)
+  np.testing.assert_allclose(tail.step_scores, whole.step_scores, rtol=1e-5, atol=1e-6)
+  for field in ("policy_tokens", "verifier_tokens", "rounds"):
+    np.testing.assert_array_equal(getattr(tail.budget, field), getattr(whole.budget, field))
 
 
 _init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2),

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc_jax.decode.loop import SEGMENT_STEPS, DecodeState, decode_jit, prefill_and_decode
+from ttc_jax.decode.loop import (SEGMENT_STEPS, DecodeState, decode_jit, default_tail_rows,
+                                 prefill_and_decode)
 from ttc_jax.decode.samplers import Greedy, Sampler
 from ttc_jax.model.cache import init_cache
 from ttc_jax.model.config import ModelConfig
@@ -95,7 +96,8 @@ def _output(state: DecodeState, max_new_tokens: int) -> DecodeOutput:
 def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int, sampler: Sampler = Greedy(), seed: int = 0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, row_streams=None,
-             extra_capacity: int = 0, mesh=None) -> DecodeOutput:
+             extra_capacity: int = 0, mesh=None, tail_rows: int | str | None = "auto"
+             ) -> DecodeOutput:
   """Samples continuations of a batch of prompts of different lengths.
 
   prompts: token-id lists (e.g. many prompts x many samples, repeated rows).
@@ -107,6 +109,9 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
   mesh: optional ("data", "model") mesh; params are sharded by logical axes and
   the batch over "data" (a batch the data axis does not divide is replicated:
   correct, but without data parallelism, so pick batch sizes accordingly).
+  tail_rows: once at most this many rows are still decoding they continue
+  alone (`loop.decode`); "auto": batch / 8 for batches of >= 64 rows without
+  a mesh; None: never. Same tokens either way.
   """
   _check_max_new(max_new_tokens)
   tokens, lengths = pad_prompts(prompts, cfg.vocab_size, pad_id)
@@ -134,7 +139,9 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
   state = prefill_and_decode(
       cfg, params, tokens, lengths, cache, seed=jnp.asarray(seed, jnp.uint32),
       row_streams=streams, max_new=max_new, stop_tokens=_stop_array(stop_tokens, cfg.vocab_size),
-      sampler=sampler, buffer_len=buffer_len, pad_id=pad_id)
+      sampler=sampler, buffer_len=buffer_len, pad_id=pad_id,
+      tail_rows=(None if mesh is not None else default_tail_rows(batch)) if tail_rows == "auto"
+      else tail_rows)
   return _output(state, max_new_tokens)
 
 

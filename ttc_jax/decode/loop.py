@@ -38,6 +38,21 @@ class DecodeState:
   stopped_on_token: jax.Array  # [B] bool: the row ended on a stop token (EOS / delimiter)
   step: jax.Array  # [] int32
 
+  def take_rows(self, index: jax.Array) -> "DecodeState":
+    """Rows `index` as a state of their own (`KVCache.take_rows`)."""
+    take = lambda x: jnp.take(x, index, axis=0)
+    return DecodeState(self.cache.take_rows(index), take(self.next_logits), take(self.tokens),
+                       take(self.logprobs), take(self.num_new), take(self.done),
+                       take(self.stopped_on_token), self.step)
+
+  def put_rows(self, index: jax.Array, rows: "DecodeState") -> "DecodeState":
+    """This state with rows `index` replaced by `rows` (from `take_rows(index)`)."""
+    put = lambda full, part: full.at[index].set(part)
+    return DecodeState(self.cache.put_rows(index, rows.cache), put(self.next_logits, rows.next_logits),
+                       put(self.tokens, rows.tokens), put(self.logprobs, rows.logprobs),
+                       put(self.num_new, rows.num_new), put(self.done, rows.done),
+                       put(self.stopped_on_token, rows.stopped_on_token), rows.step)
+
 
 def row_uniforms(seed: jax.Array, row_streams: jax.Array, positions: jax.Array) -> jax.Array:
   """One uniform per row from (seed, row stream, absolute position) [B] -> [B].
@@ -99,68 +114,119 @@ def segment_plan(capacity: int, max_start: int | None, buffer_len: int,
 def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Array, *,
            seed: jax.Array, row_streams: jax.Array, max_new: jax.Array, stop_tokens: jax.Array,
            sampler: Sampler, buffer_len: int, pad_id: int = 0,
-           active: jax.Array | None = None, max_start: int | None = None) -> DecodeState:
+           active: jax.Array | None = None, max_start: int | None = None,
+           tail_rows: int | None = None) -> DecodeState:
   """Samples up to max_new[b] tokens per row (max_new [B] <= buffer_len), on device.
 
   A row stops after emitting a token in `stop_tokens` [S] (it is kept and fed
   to the cache), after max_new[b] tokens, or when its cache is full. Rows with
   `active` False take no step at all. max_start (static): an upper bound on
   cache.lengths, which enables segmented decoding (see `segment_plan`).
+  tail_rows (static): once at most this many rows are still decoding, they
+  go on alone in a batch of tail_rows rows (gathered once, written back at
+  the end), so the slowest rows do not drag the whole batch through their
+  last steps. Same tokens either way (tested).
   """
   b = next_logits.shape[0]
   capacity = cache.capacity
-  offsets = cache.offsets
-  # Full capacity, not a segment's width: only the scratch slot left.
-  is_full = lambda lengths: lengths - offsets >= capacity - 1
   done0 = jnp.zeros((b,), bool) if active is None else ~active
-  done0 = done0 | (max_new <= 0) | is_full(cache.lengths)
+  done0 = done0 | (max_new <= 0) | _is_full(cache.lengths, cache, capacity)
   state = DecodeState(
       cache=cache, next_logits=next_logits,
       tokens=jnp.full((b, buffer_len), pad_id, jnp.int32),
       logprobs=jnp.zeros((b, buffer_len), jnp.float32),
       num_new=jnp.zeros((b,), jnp.int32), done=done0,
       stopped_on_token=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32))
-
-
-  def body(s: DecodeState) -> DecodeState:
-    active_now = ~s.done
-    uniforms = row_uniforms(seed, row_streams, s.cache.lengths)
-    token = jnp.where(active_now, sampler.sample(s.next_logits, uniforms), pad_id)
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits), token[:, None], axis=-1)[:, 0]
-    logprob = jnp.where(active_now, logprob, 0.0)
-    tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step))
-    logprobs = jax.lax.dynamic_update_slice(s.logprobs, logprob[:, None], (0, s.step))
-    logits, cache = forward(cfg, params, token[:, None], cache=s.cache)
-    lengths = jnp.where(active_now, cache.lengths, s.cache.lengths)
-    num_new = s.num_new + active_now
-    hit_stop = active_now & _is_stop(token, stop_tokens)
-    done = s.done | hit_stop | (num_new >= max_new) | is_full(lengths)
-    return DecodeState(
-        cache=cache.replace(lengths=lengths),
-        next_logits=jnp.where(active_now[:, None], logits[:, 0], s.next_logits),
-        tokens=tokens, logprobs=logprobs, num_new=num_new, done=done,
-        stopped_on_token=s.stopped_on_token | hit_stop, step=s.step + 1)
-
-  for width, limit in segment_plan(capacity, max_start, buffer_len):
-    state = dataclasses.replace(state, cache=state.cache.resize(width))
-    state = jax.lax.while_loop(lambda s, limit=limit: (s.step < limit) & ~jnp.all(s.done),
-                               body, state)
+  rows = _RowInputs(row_streams, max_new)
+  step = functools.partial(_decode_step, cfg, params, seed=seed, stop_tokens=stop_tokens,
+                           sampler=sampler, pad_id=pad_id, capacity=capacity)
+  plan = segment_plan(capacity, max_start, buffer_len)
+  if tail_rows is None or tail_rows >= b:
+    state = _run_segments(step, state, rows, plan)
+  else:
+    many = lambda s: jnp.sum(~s.done) > tail_rows
+    state = _run_segments(step, state, rows, plan, extra_cond=many)
+    index = jnp.argsort(state.done, stable=True)[:tail_rows]  # rows still decoding first
+    tail = _run_segments(step, state.take_rows(index), rows.take(index), plan)
+    state = state.put_rows(index, tail)
   return dataclasses.replace(state, cache=state.cache.resize(capacity))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampler", "buffer_len", "pad_id"),
+def _is_full(lengths: jax.Array, cache: KVCache, capacity: int) -> jax.Array:
+  # Full capacity, not a segment's width: only the scratch slot left.
+  return lengths - cache.offsets >= capacity - 1
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _RowInputs:
+  """Per-row constants of a decode call."""
+  streams: jax.Array  # [B]
+  max_new: jax.Array  # [B]
+
+  def take(self, index: jax.Array) -> "_RowInputs":
+    return _RowInputs(self.streams[index], self.max_new[index])
+
+
+def _run_segments(step, state: DecodeState, rows: _RowInputs, plan, extra_cond=None):
+  """The decode loop over each (width, step limit) segment of `plan`; a segment
+  whose limit the state has passed runs no step."""
+  for width, limit in plan:
+    state = dataclasses.replace(state, cache=state.cache.resize(width))
+
+    def cond(s, limit=limit):
+      go = (s.step < limit) & ~jnp.all(s.done)
+      return go if extra_cond is None else go & extra_cond(s)
+
+    state = jax.lax.while_loop(cond, lambda s: step(s, rows), state)
+  return state
+
+
+def _decode_step(cfg, params, s: DecodeState, rows: _RowInputs, *, seed, stop_tokens, sampler,
+                 pad_id, capacity) -> DecodeState:
+  active_now = ~s.done
+  uniforms = row_uniforms(seed, rows.streams, s.cache.lengths)
+  token = jnp.where(active_now, sampler.sample(s.next_logits, uniforms), pad_id)
+  logprob = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits), token[:, None], axis=-1)[:, 0]
+  logprob = jnp.where(active_now, logprob, 0.0)
+  tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, s.step))
+  logprobs = jax.lax.dynamic_update_slice(s.logprobs, logprob[:, None], (0, s.step))
+  logits, cache = forward(cfg, params, token[:, None], cache=s.cache)
+  lengths = jnp.where(active_now, cache.lengths, s.cache.lengths)
+  num_new = s.num_new + active_now
+  hit_stop = active_now & _is_stop(token, stop_tokens)
+  done = s.done | hit_stop | (num_new >= rows.max_new) | _is_full(lengths, s.cache, capacity)
+  return DecodeState(
+      cache=cache.replace(lengths=lengths),
+      next_logits=jnp.where(active_now[:, None], logits[:, 0], s.next_logits),
+      tokens=tokens, logprobs=logprobs, num_new=num_new, done=done,
+      stopped_on_token=s.stopped_on_token | hit_stop, step=s.step + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampler", "buffer_len", "pad_id",
+                                             "tail_rows"),
                    donate_argnames=("cache",))
 def prefill_and_decode(cfg: ModelConfig, params: dict, prompt_tokens: jax.Array,
                        prompt_lengths: jax.Array, cache: KVCache, *, seed, row_streams, max_new,
                        stop_tokens, sampler: Sampler = Greedy(), buffer_len: int,
-                       pad_id: int = 0) -> DecodeState:
+                       pad_id: int = 0, tail_rows: int | None = None) -> DecodeState:
   """Prefill + decode in one jitted call. See `prefill` and `decode`."""
   next_logits, cache = prefill(cfg, params, prompt_tokens, prompt_lengths, cache)
   return decode(cfg, params, cache, next_logits, seed=seed, row_streams=row_streams,
                 max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
-                buffer_len=buffer_len, pad_id=pad_id, max_start=prompt_tokens.shape[1])
+                buffer_len=buffer_len, pad_id=pad_id, max_start=prompt_tokens.shape[1],
+                tail_rows=tail_rows)
+
+
+TAIL_FRACTION = 8  # default tail: rows / 8, for batches of at least MIN_TAIL_BATCH rows
+MIN_TAIL_BATCH = 64
+
+
+def default_tail_rows(batch: int) -> int | None:
+  """The tail size `generate` and search use: batch / 8, or None (no tail) for small batches."""
+  return batch // TAIL_FRACTION if batch >= MIN_TAIL_BATCH else None
 
 
 decode_jit = jax.jit(decode, static_argnames=("cfg", "sampler", "buffer_len", "pad_id",
-                                              "max_start"),
+                                              "max_start", "tail_rows"),
                      donate_argnames=("cache",))

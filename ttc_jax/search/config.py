@@ -31,10 +31,12 @@ class SearchConfig:
     capacity and its halvings, `engine.round_widths`): early rounds then skip
     attention over empty slots; each width compiles the round once more.
     1: every round over the whole capacity (same results).
-  row_sizes: how many batch sizes a step-wise round's sampling and scoring
-    may run at (all rows, 1/8 of them, ...; `engine.row_sizes`): once most
-    beams have finished, only the unfinished rows run. Each size compiles
-    them once more; 1: every row runs every round (same results).
+  tail_fraction: once at most R / tail_fraction of the R rows are still
+    sampling (or still have tokens to score), they go on alone in a batch
+    that size (`engine.tail_rows`): rows whose step or solution ended, and
+    beams that finished rounds ago, skip the last decode steps. The tail
+    compiles the decode and scoring loops once more; 0: all rows to the end
+    (same results).
   """
   method: str
   n: int
@@ -47,7 +49,7 @@ class SearchConfig:
   sampler: Sampler = Temperature(1.0)
   shared_prefix: bool = True
   round_widths: int = 3
-  row_sizes: int = 2
+  tail_fraction: int = 8
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -64,9 +66,11 @@ class SearchConfig:
       if self.n % self.m:
         raise ValueError(f"n={self.n} is not divisible by the beam width m={self.m}")
     for name in ("max_rounds", "max_step_tokens", "max_solution_tokens", "max_steps",
-                 "round_widths", "row_sizes"):
+                 "round_widths"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.tail_fraction < 0:
+      raise ValueError(f"tail_fraction must be >= 0 (0: no tail), got {self.tail_fraction}")
 
   @property
   def stepwise(self) -> bool:

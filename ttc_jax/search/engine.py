@@ -144,24 +144,6 @@ def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams,
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
-class _StepInputs:
-  """What sampling and scoring one step needs, per row."""
-  cache: object  # policy KVCache
-  next_logits: jax.Array  # [R, V]
-  verifier: VerifierState
-  streams: jax.Array  # [R]
-  active: jax.Array  # [R] bool
-  room: jax.Array  # [R] tokens the row may still generate
-
-  def take_rows(self, index: jax.Array) -> "_StepInputs":
-    take = lambda x: jnp.take(x, index, axis=0)
-    return _StepInputs(self.cache.take_rows(index), take(self.next_logits),
-                       self.verifier.take_rows(index), take(self.streams), take(self.active),
-                       take(self.room))
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
 class _Step:
   """One sampled and scored step, per row (inactive rows: nothing new)."""
   cache: object  # policy KVCache
@@ -170,11 +152,18 @@ class _Step:
   num_new: jax.Array  # [R]
   verifier: VerifierState
 
-  def put_rows(self, index: jax.Array, rows: "_Step") -> "_Step":
-    put = lambda full, part: full.at[index].set(part)
-    return _Step(self.cache.put_rows(index, rows.cache), put(self.next_logits, rows.next_logits),
-                 put(self.tokens, rows.tokens), put(self.num_new, rows.num_new),
-                 self.verifier.put_rows(index, rows.verifier))
+
+MIN_TAIL_BATCH = 64
+MIN_NARROW_CAPACITY = 128
+
+
+def tail_rows(scfg: SearchConfig, rows: int) -> int | None:
+  """How many rows the last ones sampling or being scored continue in (None: all
+  rows; also below MIN_TAIL_BATCH rows, where a step costs little more than
+  the tail's own and the extra compile does not pay)."""
+  if not scfg.tail_fraction or rows < MIN_TAIL_BATCH:
+    return None
+  return max(rows // scfg.tail_fraction, 1)
 
 
 def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,
@@ -182,74 +171,55 @@ def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, stre
   """Every `active` row samples one step and the verifier scores it.
 
   room [R]: tokens the row may still generate. Returns (_Step, content [R],
-  ended_eos [R], counters). When few rows are active (beams that finished
-  early sit out the later rounds) only the smallest of `row_sizes` that
-  holds them runs, active rows first; the others are untouched.
+  ended_eos [R], counters). Once few rows are still sampling (or still have
+  chunks to score) they go on alone (`tail_rows`): rows whose step ended, or
+  beams that finished rounds ago, do not run the last decode steps.
   """
-  step = functools.partial(_sample_and_score, pcfg, vcfg, scfg, pparams, vparams, seed=seed,
-                           stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id, sampler=sampler)
-  inputs = _StepInputs(s.cache, s.next_logits, s.verifier, streams, active, room)
-  sizes = row_sizes(active.shape[0], scfg.row_sizes)
-  if len(sizes) == 1:
-    out = step(inputs)
-  else:
-    index = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), jnp.sum(active)), len(sizes) - 1)
-    out = jax.lax.switch(index, [functools.partial(_on_rows, step, size) for size in sizes],
-                         inputs, pad_id)
-  content, ended = _content_length(out.tokens, out.num_new, eos_id)
-  counters = s.counters.add(s.cache.lengths, out.num_new, s.verifier.cache.lengths, content)
-  return out, content, ended, counters
-
-
-ROW_SIZE_FACTOR = 8
-
-
-def row_sizes(rows: int, levels: int) -> tuple[int, ...]:
-  """Batch sizes a step may run at, ascending: `rows` and rows / 8, / 64, ...
-  (rounded up; `levels` sizes at most)."""
-  return tuple(sorted({-(-rows // ROW_SIZE_FACTOR ** level) for level in range(levels)}))
-
-
-def _on_rows(step, size: int, inputs: _StepInputs, pad_id: int) -> _Step:
-  """`step` over `size` rows, the active ones first, written back in place."""
-  r = inputs.active.shape[0]
-  if size == r:
-    return step(inputs)
-  index = jnp.argsort(~inputs.active, stable=True)[:size]
-  part = step(inputs.take_rows(index))
-  idle = _Step(inputs.cache, inputs.next_logits, jnp.full((r,) + part.tokens.shape[1:], pad_id,
-                                                          part.tokens.dtype),
-               jnp.zeros((r,), part.num_new.dtype), inputs.verifier)
-  return idle.put_rows(index, part)
-
-
-def _sample_and_score(pcfg, vcfg, scfg, pparams, vparams, x: _StepInputs, *, seed, stop_tokens,
-                      eos_id, pad_id, sampler) -> _Step:
-  max_new = jnp.where(x.active, jnp.minimum(scfg.max_step_tokens, x.room), 0)
-  d = decode(pcfg, pparams, x.cache, x.next_logits, seed=seed, row_streams=x.streams,
+  tail = tail_rows(scfg, active.shape[0])
+  max_new = jnp.where(active, jnp.minimum(scfg.max_step_tokens, room), 0)
+  d = decode(pcfg, pparams, s.cache, s.next_logits, seed=seed, row_streams=streams,
              max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
-             buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=x.active)
-  content, _ = _content_length(d.tokens, d.num_new, eos_id)
-  verifier = _score_step(vcfg, vparams, x.verifier, d.tokens, content)
-  return _Step(d.cache, d.next_logits, d.tokens, d.num_new, verifier)
+             buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=active, tail_rows=tail)
+  content, ended = _content_length(d.tokens, d.num_new, eos_id)
+  verifier = _score_chunks(vcfg, vparams, s.verifier, d.tokens, content, tail)[0]
+  counters = s.counters.add(s.cache.lengths, d.num_new, s.verifier.cache.lengths, content)
+  return _Step(d.cache, d.next_logits, d.tokens, d.num_new, verifier), content, ended, counters
 
 
 SCORE_CHUNK = 8
 
 
 def _score_chunks(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
-                  content: jax.Array) -> tuple[VerifierState, jax.Array]:
+                  content: jax.Array, tail: int | None = None) -> tuple[VerifierState, jax.Array]:
   """Feeds tokens [R, W] (content [R] real ones) to the verifier in chunks of
   SCORE_CHUNK, only as many chunks as the longest row needs: steps are usually
   far shorter than max_step_tokens (arithmetic: <= 14 of 32), and one [R, W]
   chunk paid for every padded position (measured: 0.30 s of a 0.45 s round at
   512 rows). Chunks also bound the attention temporaries of a whole best-of-N
   solution (with a shared prefix: R x chunk queries against the prompt, not
-  R x W). Returns (state, prefix score at every fed position [R, W], 0 past content).
+  R x W). tail: once at most this many rows have chunks left, those rows go
+  on alone. Returns (state, prefix score at every fed position [R, W], 0 past
+  content).
   """
   r, width = tokens.shape
   chunks = -(-width // SCORE_CHUNK)
   tokens = jnp.pad(tokens, ((0, 0), (0, chunks * SCORE_CHUNK - width)))
+  init = (jnp.zeros((), jnp.int32), verifier, jnp.zeros(tokens.shape, jnp.float32))
+  left = lambda j, c: c > j * SCORE_CHUNK  # rows with tokens still to feed at chunk j
+  if tail is None or tail >= r:
+    _, state, scores = _chunk_loop(vcfg, vparams, tokens, content, init, chunks)
+    return state, scores[:, :width]
+  many = lambda carry: jnp.sum(left(carry[0], content)) > tail
+  j, state, scores = _chunk_loop(vcfg, vparams, tokens, content, init, chunks, many)
+  index = jnp.argsort(~left(j, content), stable=True)[:tail]  # rows with chunks left first
+  _, part, part_scores = _chunk_loop(vcfg, vparams, tokens[index], content[index],
+                                     (j, state.take_rows(index), scores[index]), chunks)
+  return state.put_rows(index, part), scores.at[index].set(part_scores)[:, :width]
+
+
+def _chunk_loop(vcfg, vparams, tokens, content, init, chunks: int, extra_cond=None):
+  """Chunks init[0].. of tokens [R, chunks * SCORE_CHUNK] while any row has some left."""
+  r = tokens.shape[0]
 
   def body(carry):
     j, state, scores = carry
@@ -258,16 +228,11 @@ def _score_chunks(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
     state, piece_scores = vmodel.extend(vcfg, vparams, state, piece, num)
     return j + 1, state, jax.lax.dynamic_update_slice(scores, piece_scores, (0, j * SCORE_CHUNK))
 
-  more = lambda carry: (carry[0] < chunks) & jnp.any(content > carry[0] * SCORE_CHUNK)
-  init = (jnp.zeros((), jnp.int32), verifier, jnp.zeros(tokens.shape, jnp.float32))
-  _, state, scores = jax.lax.while_loop(more, body, init)
-  return state, scores[:, :width]
+  def cond(carry):
+    go = (carry[0] < chunks) & jnp.any(content > carry[0] * SCORE_CHUNK)
+    return go if extra_cond is None else go & extra_cond(carry)
 
-
-def _score_step(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
-                content: jax.Array) -> VerifierState:
-  """The verifier state after a step's tokens [R, Ls] (see `_score_chunks`)."""
-  return _score_chunks(vcfg, vparams, verifier, tokens, content)[0]
+  return jax.lax.while_loop(cond, body, init)
 
 
 def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, stop_tokens,
@@ -360,8 +325,12 @@ def search_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, streams, seed, s
 
 def round_widths(capacity: int, levels: int) -> tuple[int, ...]:
   """Cache widths a search round may run at, ascending: `capacity` and its
-  first levels - 1 halvings rounded up to 16 slots (no narrower than 32)."""
+  first levels - 1 halvings rounded up to 16 slots (no narrower than 32).
+  Caches under MIN_NARROW_CAPACITY slots keep one width: too little to skip
+  for another compile of the round."""
   widths = {capacity}
+  if capacity < MIN_NARROW_CAPACITY:
+    return (capacity,)
   for level in range(1, levels):
     width = -(-capacity // (16 << level)) * 16
     if width >= 32:
@@ -455,10 +424,11 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
              max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32),
              stop_tokens=stop_tokens[-1:], sampler=scfg.sampler,
              buffer_len=scfg.max_solution_tokens, pad_id=pad_id,
-             max_start=0 if scfg.shared_prefix else prompts.shape[1])
+             max_start=0 if scfg.shared_prefix else prompts.shape[1],
+             tail_rows=tail_rows(scfg, r))
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
   v_start = verifier.cache.lengths
-  _, scores = _score_chunks(vcfg, vparams, verifier, d.tokens, content)
+  _, scores = _score_chunks(vcfg, vparams, verifier, d.tokens, content, tail_rows(scfg, r))
   zeros = jnp.zeros((r,), jnp.int32)
   where = vmodel.step_positions(vcfg, d.tokens, zeros, content)
   step_scores, step_mask = vmodel.compact(scores, where, scfg.max_steps)
