@@ -129,6 +129,8 @@ def test_bad_inputs_are_clear_errors(tiny_model):
     generate(cfg, params, [[1]], max_new_tokens=-1)
   with pytest.raises(ValueError, match="stop token"):
     generate(cfg, params, [[1]], max_new_tokens=2, stop_tokens=[cfg.vocab_size])
+  with pytest.raises(ValueError, match="tail_rows"):
+    generate(cfg, params, [[1]], max_new_tokens=2, tail_rows=0)
   out = generate(cfg, params, [[1]], max_new_tokens=2)
   with pytest.raises(ValueError, match="cache room"):
     continue_generate(cfg, params, out, max_new_tokens=10_000)

@@ -148,6 +148,8 @@ def test_weighted_with_constant_verifier_is_majority_vote(models):
     (dict(method="beam", n=4, m=2, k=1), "only apply to method 'lookahead'"),
     (dict(method="mcts", n=4), "search method"),
     (dict(method="best_of_n", n=0), "n \\(generations"),
+    (dict(method="beam", n=4, m=2, round_widths=0), "round_widths must be >= 1"),
+    (dict(method="beam", n=4, m=2, tail_fraction=-1), "tail_fraction must be >= 0"),
 ])
 def test_bad_search_configs(kw, match):
   with pytest.raises(ValueError, match=match):

@@ -114,6 +114,8 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
   a mesh; None: never. Same tokens either way.
   """
   _check_max_new(max_new_tokens)
+  if tail_rows not in (None, "auto") and not (isinstance(tail_rows, int) and tail_rows >= 1):
+    raise ValueError(f"tail_rows must be an int >= 1, 'auto' or None, got {tail_rows!r}")
   tokens, lengths = pad_prompts(prompts, cfg.vocab_size, pad_id)
   longest = int(lengths.max())
   if longest + max_new_tokens + extra_capacity > cfg.max_seq_len:
