@@ -15,6 +15,10 @@ N rows. Then either
     keeps its best unfinished prefixes and refills its unfinished slots with
     their copies (a gather on the row axis).
 
+Work shrinks with what is left: a round runs over caches only as wide as its
+rows can reach (`round_widths`), and the last rows still decoding or being
+scored finish in a batch of R / tail_fraction rows (`tail_rows`).
+
 Budget rule (exactly N candidates, never more than N rows sampling a step):
 finished rows keep their slot and are not expanded; the A unfinished slots of
 a group are refilled by its top ceil(A / M) prefixes, M copies each in rank
