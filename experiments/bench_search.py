@@ -45,6 +45,10 @@ call - median):
 With --scoring (default) one line per n with method "score" rates the verifier
 on the best-of-N candidates of that n (Q x n solutions, EOS not scored):
   score_tokens_per_sec       one-pass `step_scores` over prompt + solution rows.
+  shared_score_tokens_per_sec one pass with each question's prompt fed to the
+                             verifier once and its KV shared by the N rows, the
+                             solutions in chunks (`engine.score_candidates`, the
+                             scorer best-of-N uses); `shared_rescore_speedup`.
   rescore_tokens_per_sec     the peers' per-step prefix re-scoring: for step j,
                              every solution's prefix up to its j-th step end is
                              scored from scratch (batched over solutions, width
@@ -301,14 +305,12 @@ _prefill = jax.jit(engine._start, static_argnums=(0, 1, 2),  # pylint: disable=p
                    static_argnames=("capacity",))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _score_solutions(vcfg, scfg, vparams, verifier, tokens, num_new, eos_id):
-  """Best-of-N's scoring stage, as inside the engine: extend, then compact step scores."""
-  last = jnp.take_along_axis(tokens, jnp.maximum(num_new - 1, 0)[:, None], axis=1)[:, 0]
-  content = num_new - ((num_new > 0) & (last == eos_id))
-  _, scores = vmodel.extend(vcfg, vparams, verifier, tokens, content)
-  where = vmodel.step_positions(vcfg, tokens, jnp.zeros_like(content), content)
-  return vmodel.compact(scores, where, scfg.max_steps)
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("eos_id",))
+def _score_solutions(vcfg, scfg, vparams, verifier, tokens, num_new, *, eos_id):
+  """Best-of-N's scoring stage, as inside the engine."""
+  content, _ = engine._content_length(tokens, num_new, eos_id)  # pylint: disable=protected-access
+  return engine.score_solutions(vcfg, vparams, verifier, tokens, content, scfg.max_steps,
+                                engine.tail_rows(scfg, tokens.shape[0]))
 
 
 def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig, *,
@@ -335,7 +337,7 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
         sampler=scfg.sampler, buffer_len=scfg.max_solution_tokens, pad_id=tok.pad_id,
         max_start=tokens.shape[1]))
     jax.device_get(_score_solutions(m.vcfg, scfg, m.vparams, verifier, d.tokens, d.num_new,
-                                    tok.eos_id))
+                                    eos_id=tok.eos_id))
     return np.asarray(d.tokens).reshape(q, scfg.n, -1), 0
   state, row_streams = _init_state(m.pcfg, m.vcfg, scfg, m.pparams, m.vparams,
                                    jnp.asarray(tokens), jnp.asarray(lengths), streams,
@@ -360,6 +362,10 @@ class ScoringRows:
   lengths: np.ndarray  # [R]
   step_ends: list[list[int]]  # per row: positions (in the row) where each step's score is read
   solution_tokens: int
+  prompts: np.ndarray  # [Q, P] each question's prompt once
+  question_prompt_lengths: np.ndarray  # [Q]
+  solutions: np.ndarray  # [R, S] solution tokens alone (EOS dropped)
+  content: np.ndarray  # [R] solution tokens per row
 
 
 def scoring_rows(m: Models, prompts: list[list[int]], out: SearchOutput) -> ScoringRows:
@@ -379,13 +385,31 @@ def scoring_rows(m: Models, prompts: list[list[int]], out: SearchOutput) -> Scor
       plens.append(p)
       ends.append(end)
   tokens, lengths = _rows_array(rows, tok.pad_id)
-  return ScoringRows(tokens, np.array(plens, np.int32), lengths, ends,
-                     int((lengths - np.array(plens)).sum()))
+  plens = np.array(plens, np.int32)
+  question_prompts, question_lengths = _rows_array(prompts, tok.pad_id)
+  solutions, content = _rows_array([r[p:] for r, p in zip(rows, plens)], tok.pad_id)
+  return ScoringRows(tokens, plens, lengths, ends, int((lengths - plens).sum()),
+                     question_prompts, question_lengths, solutions, content)
 
 
 def one_pass_scores(m: Models, rows: ScoringRows, max_steps: int) -> np.ndarray:
   scores, _ = _step_scores(m.vcfg, m.vparams, rows.tokens, rows.prompt_lengths, rows.lengths,
                            max_steps=max_steps)
+  return np.asarray(scores)
+
+
+_score_candidates = jax.jit(engine.score_candidates, static_argnums=0,
+                            static_argnames=("n", "max_steps", "shared_prefix", "tail"))
+
+
+def shared_scores(m: Models, rows: ScoringRows, max_steps: int) -> np.ndarray:
+  """One pass over every solution, each question's prompt fed to the verifier once
+  and its KV shared by the question's N rows (the scorer best-of-N uses)."""
+  q, r = rows.prompts.shape[0], rows.solutions.shape[0]
+  scfg = SearchConfig(method="best_of_n", n=r // q, m=1)
+  scores, _ = _score_candidates(m.vcfg, m.vparams, rows.prompts, rows.question_prompt_lengths,
+                                rows.solutions, rows.content, n=r // q, max_steps=max_steps,
+                                tail=engine.tail_rows(scfg, r))
   return np.asarray(scores)
 
 
@@ -522,20 +546,21 @@ def score_line(models: Models, prompts, out: SearchOutput, n: int, *, repeats: i
               solution_tokens=tokens,
               steps_per_solution=float(np.mean([len(e) for e in rows.step_ends])))
   results = {}
-  for name, fn in (("score", one_pass_scores), ("rescore", rescore_scores),
-                   ("incremental", incremental_scores)):
+  for name, fn in (("score", one_pass_scores), ("shared_score", shared_scores),
+                   ("rescore", rescore_scores), ("incremental", incremental_scores)):
     scores, first, median, times = _median_time(lambda fn=fn: fn(models, rows, max_steps),
                                                 repeats, warmup)
     results[name] = scores
     line.update({f"{name}_tokens_per_sec": tokens / median, f"{name}_time_s": median,
                  f"{name}_times_s": times, f"{name}_compile_s": max(first - median, 0.0)})
-  for name in ("rescore", "incremental"):
+  for name in ("shared_score", "rescore", "incremental"):
     line[f"{name}_max_abs_diff"] = float(np.max(np.abs(results[name] - results["score"])))
   line.update(
       questions_per_sec=q / line["score_time_s"],
       host_loop_questions_per_sec=q / line["rescore_time_s"],
       host_dispatch_questions_per_sec=q / line["incremental_time_s"],
       rescore_speedup=line["rescore_time_s"] / line["score_time_s"],
+      shared_rescore_speedup=line["rescore_time_s"] / line["shared_score_time_s"],
       loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0])
   return line
 

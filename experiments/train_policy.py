@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ttc_jax import distributed
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "smoke", "Preset name (ttc_jax.train.presets): smoke, small, large.")
+flags.DEFINE_string("preset", "smoke", "Preset name (ttc_jax.train.presets): smoke, small, small_verifier, large.")
 flags.DEFINE_string("out_dir", None, "Run directory (checkpoints, tokenizer, metrics).")
 flags.DEFINE_integer("steps", None, "Override: optimizer steps (else from the token budget).")
 flags.DEFINE_integer("train_tokens", None, "Override: token budget (real tokens).")

@@ -131,6 +131,9 @@ def test_bad_inputs_are_clear_errors(tiny_model):
     generate(cfg, params, [[1]], max_new_tokens=2, stop_tokens=[cfg.vocab_size])
   with pytest.raises(ValueError, match="tail_rows"):
     generate(cfg, params, [[1]], max_new_tokens=2, tail_rows=0)
+  for bad in ((4, 0), (), [4]):
+    with pytest.raises(ValueError, match="tail_rows"):
+      generate(cfg, params, [[1]], max_new_tokens=2, tail_rows=bad)
   out = generate(cfg, params, [[1]], max_new_tokens=2)
   with pytest.raises(ValueError, match="cache room"):
     continue_generate(cfg, params, out, max_new_tokens=10_000)
@@ -172,8 +175,9 @@ def test_segment_plan_covers_every_reachable_position():
       assert width >= min(capacity, start + limit + 1)
 
 
-@pytest.mark.parametrize("max_new_tokens", [12, 40])  # 40: two decode segments
-def test_slow_rows_finishing_alone_give_the_same_tokens(tiny_model, max_new_tokens):
+# 40: two decode segments; (4, 2): then the last 2 rows in a 2-row batch.
+@pytest.mark.parametrize("max_new_tokens,tail_rows", [(12, 4), (40, (4, 2))])
+def test_slow_rows_finishing_alone_give_the_same_tokens(tiny_model, max_new_tokens, tail_rows):
   """tail_rows=4: once at most 4 of 8 rows still decode, they go on in a 4-row batch."""
   cfg, params = tiny_model
   prompts = PROMPTS * 2
@@ -182,9 +186,10 @@ def test_slow_rows_finishing_alone_give_the_same_tokens(tiny_model, max_new_toke
   delimiter = int(np.bincount(np.asarray(full.tokens).ravel()).argmax())
   kw["stop_tokens"] = [delimiter]
   whole = generate(cfg, params, prompts, tail_rows=None, **kw)
-  tail = generate(cfg, params, prompts, tail_rows=4, **kw)
+  tail = generate(cfg, params, prompts, tail_rows=tail_rows, **kw)
   lengths = np.sort(np.asarray(whole.lengths))
   assert lengths[-5] < lengths[-1], lengths  # the last steps ran in the 4-row tail
+  assert tail_rows == 4 or lengths[-3] < lengths[-1], lengths  # ... and in the 2-row one
   np.testing.assert_array_equal(tail.tokens, whole.tokens)
   np.testing.assert_array_equal(tail.lengths, whole.lengths)
   np.testing.assert_allclose(tail.logprobs, whole.logprobs, rtol=1e-6, atol=1e-6)

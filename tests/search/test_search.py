@@ -259,3 +259,30 @@ def test_search_with_tails_equals_search_without(models, method, extra):
 _init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2),
                       static_argnames=("capacity", "pad_id"))
 _round = jax.jit(engine.search_round, static_argnums=(0, 1, 2), static_argnames=("eos_id", "pad_id"))
+
+
+@pytest.mark.parametrize("shared,tail", [(True, None), (False, (4, 2))])
+def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models, shared, tail):
+  """`score_candidates` (each prompt fed once, chunked solutions, tails) gives
+  `step_scores` over the prompt + solution rows."""
+  _, vcfg, vparams = models
+  n, width, rng = 4, 21, np.random.default_rng(0)
+  prompts = np.zeros((len(PROMPTS), 8), np.int32)
+  for q, p in enumerate(PROMPTS):
+    prompts[q, :len(p)] = p
+  plens = np.array([len(p) for p in PROMPTS], np.int32)
+  solutions = rng.choice(np.array([3, 7, 11, STEP, STEP]), size=(len(PROMPTS) * n, width))
+  content = rng.integers(0, width + 1, size=len(PROMPTS) * n).astype(np.int32)
+  content[:3] = (0, 1, width)  # empty, one token, full width
+  scores, mask = engine.score_candidates(vcfg, vparams, prompts, plens, solutions, content,
+                                         n=n, max_steps=12, shared_prefix=shared, tail=tail)
+  rows = np.zeros((len(content), 8 + width), np.int32)
+  for i, c in enumerate(content):
+    p = PROMPTS[i // n]
+    rows[i, :len(p) + c] = p + solutions[i, :c].tolist()
+  row_plens = np.repeat(plens, n)
+  want, want_mask = step_scores(vcfg, vparams, rows, row_plens, row_plens + content, max_steps=12)
+  np.testing.assert_array_equal(mask, want_mask)
+  assert np.asarray(mask).sum() > 2 * len(content)  # several steps per row were scored
+  np.testing.assert_allclose(np.where(mask, scores, 0), np.where(want_mask, want, 0),
+                             rtol=1e-5, atol=1e-5)

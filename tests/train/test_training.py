@@ -6,6 +6,7 @@ reference: interrupted / killed / corrupted runs must end with the same bits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -151,6 +152,10 @@ def test_presets_pair_is_about_14x_on_the_same_stream():
   assert small.data == large.data
   for key in ("batch_size", "train_tokens", "steps", "seed", "grad_accum"):
     assert getattr(small.train, key) == getattr(large.train, key)
+  judge = get_preset("small_verifier")  # same network and stream, twice the tokens
+  assert judge.model == small.model and judge.data == small.data
+  assert judge.train.train_tokens == 2 * small.train.train_tokens
+  assert dataclasses.replace(judge.train, train_tokens=small.train.train_tokens) == small.train
   over = small.with_train(steps=7, lr=None)
   assert over.train.steps == 7 and over.train.train_tokens is None
   assert over.train.lr == small.train.lr

@@ -96,7 +96,8 @@ def _output(state: DecodeState, max_new_tokens: int) -> DecodeOutput:
 def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int, sampler: Sampler = Greedy(), seed: int = 0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, row_streams=None,
-             extra_capacity: int = 0, mesh=None, tail_rows: int | str | None = "auto"
+             extra_capacity: int = 0, mesh=None,
+             tail_rows: int | tuple[int, ...] | str | None = "auto"
              ) -> DecodeOutput:
   """Samples continuations of a batch of prompts of different lengths.
 
@@ -110,12 +111,16 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
   the batch over "data" (a batch the data axis does not divide is replicated:
   correct, but without data parallelism, so pick batch sizes accordingly).
   tail_rows: once at most this many rows are still decoding they continue
-  alone (`loop.decode`); "auto": batch / 8 for batches of >= 64 rows without
-  a mesh; None: never. Same tokens either way.
+  alone (`loop.decode`; a tuple: smaller and smaller batches in turn);
+  "auto": batch / 8 for batches of >= 64 rows without a mesh; None: never.
+  Same tokens either way.
   """
   _check_max_new(max_new_tokens)
-  if tail_rows not in (None, "auto") and not (isinstance(tail_rows, int) and tail_rows >= 1):
-    raise ValueError(f"tail_rows must be an int >= 1, 'auto' or None, got {tail_rows!r}")
+  sizes = (tail_rows,) if isinstance(tail_rows, int) else tail_rows
+  if tail_rows not in (None, "auto") and not (
+      isinstance(sizes, tuple) and sizes and all(isinstance(t, int) and t >= 1 for t in sizes)):
+    raise ValueError("tail_rows must be an int >= 1, a tuple of them, 'auto' or None, got "
+                     f"{tail_rows!r}")
   tokens, lengths = pad_prompts(prompts, cfg.vocab_size, pad_id)
   longest = int(lengths.max())
   if longest + max_new_tokens + extra_capacity > cfg.max_seq_len:

@@ -141,15 +141,31 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
   step = functools.partial(_decode_step, cfg, params, seed=seed, stop_tokens=stop_tokens,
                            sampler=sampler, pad_id=pad_id, capacity=capacity)
   plan = segment_plan(capacity, max_start, buffer_len)
-  if tail_rows is None or tail_rows >= b:
-    state = _run_segments(step, state, rows, plan)
-  else:
-    many = lambda s: jnp.sum(~s.done) > tail_rows
-    state = _run_segments(step, state, rows, plan, extra_cond=many)
-    index = jnp.argsort(state.done, stable=True)[:tail_rows]  # rows still decoding first
-    tail = _run_segments(step, state.take_rows(index), rows.take(index), plan)
-    state = state.put_rows(index, tail)
+  state = _run_tails(step, state, rows, plan, tail_sizes(tail_rows, b))
   return dataclasses.replace(state, cache=state.cache.resize(capacity))
+
+
+def tail_sizes(tail_rows: int | tuple[int, ...] | None, batch: int) -> tuple[int, ...]:
+  """`tail_rows` as strictly decreasing batch sizes below `batch` (empty: no tail)."""
+  sizes = () if tail_rows is None else (
+      (tail_rows,) if isinstance(tail_rows, int) else tuple(tail_rows))
+  out = []
+  for size in sizes:
+    if size < (out[-1] if out else batch):
+      out.append(size)
+  return tuple(out)
+
+
+def _run_tails(step, state: DecodeState, rows: "_RowInputs", plan, sizes: tuple[int, ...]):
+  """The decode loop; once at most sizes[0] rows are still decoding they go on
+  alone in a batch of that size, and so on down `sizes`."""
+  if not sizes:
+    return _run_segments(step, state, rows, plan)
+  many = lambda s: jnp.sum(~s.done) > sizes[0]
+  state = _run_segments(step, state, rows, plan, extra_cond=many)
+  index = jnp.argsort(state.done, stable=True)[:sizes[0]]  # rows still decoding first
+  tail = _run_tails(step, state.take_rows(index), rows.take(index), plan, sizes[1:])
+  return state.put_rows(index, tail)
 
 
 def _is_full(lengths: jax.Array, cache: KVCache, capacity: int) -> jax.Array:

@@ -38,7 +38,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ttc_jax.decode.loop import decode, prefill
+from ttc_jax.decode.loop import decode, prefill, tail_sizes
 from ttc_jax.decode.samplers import Greedy
 from ttc_jax.model import ModelConfig, init_cache
 from ttc_jax.model.cache import fan_out
@@ -205,20 +205,28 @@ def _score_chunks(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
   on alone. Returns (state, prefix score at every fed position [R, W], 0 past
   content).
   """
-  r, width = tokens.shape
+  width = tokens.shape[1]
   chunks = -(-width // SCORE_CHUNK)
   tokens = jnp.pad(tokens, ((0, 0), (0, chunks * SCORE_CHUNK - width)))
   init = (jnp.zeros((), jnp.int32), verifier, jnp.zeros(tokens.shape, jnp.float32))
-  left = lambda j, c: c > j * SCORE_CHUNK  # rows with tokens still to feed at chunk j
-  if tail is None or tail >= r:
-    _, state, scores = _chunk_loop(vcfg, vparams, tokens, content, init, chunks)
-    return state, scores[:, :width]
-  many = lambda carry: jnp.sum(left(carry[0], content)) > tail
+  sizes = tail_sizes(tail, tokens.shape[0])
+  _, state, scores = _chunk_tails(vcfg, vparams, tokens, content, init, chunks, sizes)
+  return state, scores[:, :width]
+
+
+def _chunk_tails(vcfg, vparams, tokens, content, init, chunks: int, sizes: tuple[int, ...]):
+  """`_chunk_loop`; once at most sizes[0] rows have chunks left they go on alone,
+  and so on down `sizes` (as the decode loop's tails)."""
+  if not sizes:
+    return _chunk_loop(vcfg, vparams, tokens, content, init, chunks)
+  left = lambda j: content > j * SCORE_CHUNK  # rows with tokens still to feed at chunk j
+  many = lambda carry: jnp.sum(left(carry[0])) > sizes[0]
   j, state, scores = _chunk_loop(vcfg, vparams, tokens, content, init, chunks, many)
-  index = jnp.argsort(~left(j, content), stable=True)[:tail]  # rows with chunks left first
-  _, part, part_scores = _chunk_loop(vcfg, vparams, tokens[index], content[index],
-                                     (j, state.take_rows(index), scores[index]), chunks)
-  return state.put_rows(index, part), scores.at[index].set(part_scores)[:, :width]
+  index = jnp.argsort(~left(j), stable=True)[:sizes[0]]  # rows with chunks left first
+  _, part, part_scores = _chunk_tails(vcfg, vparams, tokens[index], content[index],
+                                      (j, state.take_rows(index), scores[index]), chunks,
+                                      sizes[1:])
+  return j, state.put_rows(index, part), scores.at[index].set(part_scores)
 
 
 def _chunk_loop(vcfg, vparams, tokens, content, init, chunks: int, extra_cond=None):
@@ -432,13 +440,38 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
              tail_rows=tail_rows(scfg, r))
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
   v_start = verifier.cache.lengths
-  _, scores = _score_chunks(vcfg, vparams, verifier, d.tokens, content, tail_rows(scfg, r))
-  zeros = jnp.zeros((r,), jnp.int32)
-  where = vmodel.step_positions(vcfg, d.tokens, zeros, content)
-  step_scores, step_mask = vmodel.compact(scores, where, scfg.max_steps)
+  step_scores, step_mask = score_solutions(vcfg, vparams, verifier, d.tokens, content,
+                                           scfg.max_steps, tail_rows(scfg, r))
   counters = Counters.zeros(r).add(jnp.repeat(prompt_lengths, n), d.num_new, v_start, content)
   return SearchResult(d.tokens, d.num_new, step_scores, jnp.sum(step_mask, axis=1).astype(
       jnp.int32), ended, counters, jnp.zeros((r,), jnp.int32))
+
+
+def score_solutions(vcfg, vparams, verifier: VerifierState, tokens: jax.Array, content: jax.Array,
+                    max_steps: int, tail: int | tuple[int, ...] | None = None):
+  """Step scores of solutions tokens [R, W] (content [R] real tokens, EOS left
+  out) fed after the prompts already in `verifier`: every token scored once,
+  in chunks (`_score_chunks`). Returns (scores [R, max_steps], mask)."""
+  _, scores = _score_chunks(vcfg, vparams, verifier, tokens, content, tail)
+  where = vmodel.step_positions(vcfg, tokens, jnp.zeros_like(content), content)
+  return vmodel.compact(scores, where, max_steps)
+
+
+def score_candidates(vcfg, vparams, prompts: jax.Array, prompt_lengths: jax.Array,
+                     tokens: jax.Array, content: jax.Array, *, n: int, max_steps: int,
+                     shared_prefix: bool = True, tail: int | tuple[int, ...] | None = None):
+  """Step scores of N solutions per prompt, the prompt run through the verifier
+  once (its KV stored once with `shared_prefix`, else copied per row).
+
+  prompts [Q, P] (lengths [Q]); tokens [Q * N, W] solutions, prompt-major, with
+  content [Q * N] real tokens. The one-pass scorer best-of-N uses; equal to
+  `vmodel.step_scores` over prompt + solution rows (tested).
+  Returns (scores [Q * N, max_steps], mask).
+  """
+  verifier = vmodel.start(vcfg, vparams, prompts, prompt_lengths, prompts.shape[1])
+  suffix = -(-tokens.shape[1] // SCORE_CHUNK) * SCORE_CHUNK  # chunks write whole chunks
+  verifier = vmodel.fan_out_state(verifier, n, suffix, shared_prefix)
+  return score_solutions(vcfg, vparams, verifier, tokens, content, max_steps, tail)
 
 
 def _search(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams: dict,
