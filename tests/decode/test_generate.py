@@ -194,3 +194,26 @@ def test_slow_rows_finishing_alone_give_the_same_tokens(tiny_model, max_new_toke
   np.testing.assert_array_equal(tail.lengths, whole.lengths)
   np.testing.assert_allclose(tail.logprobs, whole.logprobs, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(tail.stopped_on_token, whole.stopped_on_token)
+
+
+def test_tail_starting_after_the_first_segment_keeps_the_cache(tiny_model):
+  """6 of 8 rows stop after 62 tokens, so the 2-row tail starts in the second
+  32-step segment, with cache slots filled past the first segment's width
+  (16 prompt slots + 32 steps + scratch -> 64)."""
+  from ttc_jax.decode.loop import prefill_and_decode
+  from ttc_jax.decode.generate import pad_prompts
+  from ttc_jax.model import init_cache
+  cfg, params = tiny_model
+  tokens, lengths = pad_prompts(PROMPTS * 2, cfg.vocab_size, 0)
+  max_new = jnp.array([62] * 6 + [90] * 2, jnp.int32)
+  outs = []
+  for tail in (None, 2):
+    outs.append(prefill_and_decode(
+        cfg, params, jnp.asarray(tokens), jnp.asarray(lengths), init_cache(cfg, 8, 112),
+        seed=jnp.uint32(3), row_streams=jnp.arange(8, dtype=jnp.uint32), max_new=max_new,
+        stop_tokens=jnp.array([-1], jnp.int32), sampler=Temperature(1.0), buffer_len=96,
+        tail_rows=tail))
+  whole, tail = outs
+  np.testing.assert_array_equal(whole.num_new, max_new)
+  np.testing.assert_array_equal(tail.tokens, whole.tokens)
+  np.testing.assert_allclose(tail.logprobs, whole.logprobs, rtol=1e-6, atol=1e-6)

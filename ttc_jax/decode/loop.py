@@ -186,8 +186,11 @@ class _RowInputs:
 
 def _run_segments(step, state: DecodeState, rows: _RowInputs, plan, extra_cond=None):
   """The decode loop over each (width, step limit) segment of `plan`; a segment
-  whose limit the state has passed runs no step."""
+  whose limit the state has passed runs no step. Caches only ever widen: a
+  tail's state arrives at the widest width with slots filled past the early
+  segments' widths."""
   for width, limit in plan:
+    width = max(width, state.cache.capacity)
     state = dataclasses.replace(state, cache=state.cache.resize(width))
 
     def cond(s, limit=limit):
