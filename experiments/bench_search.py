@@ -63,6 +63,13 @@ on the best-of-N candidates of that n (Q x n solutions, EOS not scored):
   `host_loop_questions_per_sec`, `host_dispatch_questions_per_sec` are the same
   three as questions per second; `*_max_abs_diff` check they agree with one pass.)
 
+--local_device_count=2 splits a 2-core CPU into two XLA:CPU devices: the
+search then runs half the prompts on each (`search(mesh=)`), baseline (a)
+splits its generation and scoring rows over both; baseline (b) and the
+scoring line stay on one device (`devices`, `host_dispatch_devices`).
+XLA:CPU runs the per-row attention dots of one device on one thread, so two
+devices help attention-bound work most.
+
 Without --policy a random-weights model (--config, `ttc_jax.bench_configs`,
 vocabulary set to the arithmetic tokenizer's) runs on the built-in task, so the
 benchmark runs without a trained checkpoint (step lengths are then whatever
@@ -230,8 +237,21 @@ def select_parents_np(score: np.ndarray, candidate: np.ndarray, group: int,
   return (parent + (np.arange(s.shape[0]) * group)[:, None]).reshape(-1)
 
 
-def host_loop_stepwise(m: Models, prompts: list[list[int]], scfg: SearchConfig, *, seed: int):
-  """Baseline (a) for beam / DVTS. Returns (solutions [R] token lists, rounds)."""
+def _on_mesh(mesh, vparams, *rows):
+  """(vparams, *rows) with the rows split over the mesh's data axis (as is without a mesh)."""
+  if mesh is None:
+    return (vparams, *rows)
+  from ttc_jax import sharding
+  return (search_api._replicated(vparams, mesh),  # pylint: disable=protected-access
+          *(sharding.shard_batch(np.asarray(x), mesh) for x in rows))
+
+
+def host_loop_stepwise(m: Models, prompts: list[list[int]], scfg: SearchConfig, *, seed: int,
+                       mesh=None):
+  """Baseline (a) for beam / DVTS. Returns (solutions [R] token lists, rounds).
+
+  mesh: generation and scoring split their rows over its data axis (the
+  engine's search gets the same devices)."""
   tok, n = m.tokenizer, scfg.n
   r = len(prompts) * n
   sol: list[list[int]] = [[] for _ in range(r)]
@@ -247,7 +267,7 @@ def host_loop_stepwise(m: Models, prompts: list[list[int]], scfg: SearchConfig, 
     out = generate(m.pcfg, m.pparams, _pad_rows(seqs, size), max_new_tokens=scfg.max_step_tokens,
                    sampler=scfg.sampler, seed=(seed * 1_000_003 + rounds) % 2**32,
                    stop_tokens=[m.vcfg.step_token_id, tok.eos_id], pad_id=tok.pad_id,
-                   row_streams=np.pad(active, (0, size - len(active))))
+                   row_streams=np.pad(active, (0, size - len(active))), mesh=mesh)
     new_tokens, new_lengths = np.asarray(out.tokens), np.asarray(out.lengths)  # copy back
     grew = np.zeros(r, bool)
     for j, i in enumerate(active):
@@ -265,8 +285,8 @@ def host_loop_stepwise(m: Models, prompts: list[list[int]], scfg: SearchConfig, 
       tokens, lengths = _rows_array(_pad_rows(rows, size), tok.pad_id)
       plen = np.array([len(prompts[i // n]) for i in scored] + [len(prompts[scored[0] // n])] *
                       (size - len(scored)), np.int32)
-      score[scored] = np.asarray(_last_scores(m.vcfg, m.vparams, tokens, plen, lengths))[
-          :len(scored)]
+      score[scored] = np.asarray(_last_scores(m.vcfg, *_on_mesh(mesh, m.vparams, tokens, plen,
+                                                                lengths)))[:len(scored)]
       num_steps[scored] += 1
       finished[scored] |= num_steps[scored] >= scfg.max_steps
     parents = select_parents_np(score, ~finished, scfg.group_size, scfg.m)
@@ -276,18 +296,21 @@ def host_loop_stepwise(m: Models, prompts: list[list[int]], scfg: SearchConfig, 
   return sol, rounds
 
 
-def host_loop_best_of_n(m: Models, prompts: list[list[int]], scfg: SearchConfig, *, seed: int):
+def host_loop_best_of_n(m: Models, prompts: list[list[int]], scfg: SearchConfig, *, seed: int,
+                        mesh=None):
   """Baseline (a) for best-of-N: whole solutions by `generate`, one-pass scoring."""
   tok, n = m.tokenizer, scfg.n
   rows = [p for p in prompts for _ in range(n)]
   out = generate(m.pcfg, m.pparams, rows, max_new_tokens=scfg.max_solution_tokens,
-                 sampler=scfg.sampler, seed=seed, stop_tokens=[tok.eos_id], pad_id=tok.pad_id)
+                 sampler=scfg.sampler, seed=seed, stop_tokens=[tok.eos_id], pad_id=tok.pad_id,
+                 mesh=mesh)
   new_tokens, new_lengths = np.asarray(out.tokens), np.asarray(out.lengths)
   sol = [new_tokens[i, :new_lengths[i]].tolist() for i in range(len(rows))]
   tokens, lengths = _rows_array([p + _content(s, tok.eos_id) for p, s in zip(rows, sol)],
                                 tok.pad_id)
   plen = np.array([len(p) for p in rows], np.int32)
-  jax.device_get(_step_scores(m.vcfg, m.vparams, tokens, plen, lengths, max_steps=scfg.max_steps))
+  jax.device_get(_step_scores(m.vcfg, *_on_mesh(mesh, m.vparams, tokens, plen, lengths),
+                              max_steps=scfg.max_steps))
   return sol, 0
 
 
@@ -477,13 +500,13 @@ def search_config(method: str, n: int, m_spec: str, max_step_tokens: int,
 
 
 def replicated_fields(models: Models, prompts, scfg: SearchConfig, out: SearchOutput, q: int,
-                      *, repeats: int, warmup: int, seed: int) -> dict:
+                      *, repeats: int, warmup: int, seed: int, mesh=None) -> dict:
   """The same search with the prompt KV copied to every row, and both memory plans."""
   tok = models.tokenizer
   rep = dataclasses.replace(scfg, shared_prefix=False)
   rep_out, first, median, times = _median_time(
       lambda: search(models.pcfg, models.pparams, models.vcfg, models.vparams, prompts, rep,
-                     eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed), repeats, warmup)
+                     eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed, mesh=mesh), repeats, warmup)
   memory = lambda c: compiled_memory(models.pcfg, models.pparams, models.vcfg, models.vparams,
                                      prompts, c, eos_id=tok.eos_id, pad_id=tok.pad_id)
   shared_mem, rep_mem = memory(scfg), memory(rep)
@@ -498,27 +521,31 @@ def replicated_fields(models: Models, prompts, scfg: SearchConfig, out: SearchOu
 
 
 def search_line(models: Models, prompts, scfg: SearchConfig, *, repeats: int, warmup: int,
-                seed: int, baselines: Sequence[str],
-                compare_replicated: bool = False) -> tuple[dict, SearchOutput]:
-  """Timings of one (method, n): on device, and the baselines asked for."""
+                seed: int, baselines: Sequence[str], compare_replicated: bool = False,
+                mesh=None) -> tuple[dict, SearchOutput]:
+  """Timings of one (method, n): on device, and the baselines asked for.
+
+  mesh: the search and baseline (a) split their work over its data axis;
+  baseline (b) drives the engine's unsharded pieces on one device."""
   tok, q = models.tokenizer, len(prompts)
   load_before = os.getloadavg()[0]
   run = lambda: search(models.pcfg, models.pparams, models.vcfg, models.vparams, prompts, scfg,
-                       eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed)
+                       eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed, mesh=mesh)
   out, first, median, times = _median_time(run, repeats, warmup)
   line = dict(method=scfg.method, n=scfg.n, m=None if scfg.method == "best_of_n" else scfg.m,
-              questions=q, rows=q * scfg.n, questions_per_sec=q / median, time_s=median,
+              questions=q, rows=q * scfg.n, devices=1 if mesh is None else mesh.size,
+              questions_per_sec=q / median, time_s=median,
               times_s=times, compile_s=max(first - median, 0.0),
               rounds=int(out.budget.rounds.max()),
               policy_tokens_per_question=float(out.budget.policy_tokens.mean()),
               mean_solution_tokens=float(out.lengths.mean()))
   if compare_replicated:
     line.update(replicated_fields(models, prompts, scfg, out, q, repeats=repeats, warmup=warmup,
-                                  seed=seed))
+                                  seed=seed, mesh=mesh))
   if "host_loop" in baselines:
     fn = host_loop_best_of_n if scfg.method == "best_of_n" else host_loop_stepwise
     (sol, rounds), first, median, times = _median_time(
-        lambda: fn(models, prompts, scfg, seed=seed), repeats, warmup)
+        lambda: fn(models, prompts, scfg, seed=seed, mesh=mesh), repeats, warmup)
     line.update(host_loop_questions_per_sec=q / median, host_loop_time_s=median,
                 host_loop_times_s=times, host_loop_compile_s=max(first - median, 0.0),
                 host_loop_rounds=rounds,
@@ -529,7 +556,7 @@ def search_line(models: Models, prompts, scfg: SearchConfig, *, repeats: int, wa
         lambda: host_dispatch_search(models, prompts, scfg, seed=seed), repeats, warmup)
     line.update(host_dispatch_questions_per_sec=q / median, host_dispatch_time_s=median,
                 host_dispatch_times_s=times, host_dispatch_compile_s=max(first - median, 0.0),
-                host_dispatch_rounds=rounds,
+                host_dispatch_rounds=rounds, host_dispatch_devices=1,
                 host_dispatch_same_tokens=bool(np.array_equal(tokens, out.tokens)),
                 speedup_vs_host_dispatch=line["questions_per_sec"] / (q / median))
   line.update(loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0])
@@ -573,9 +600,12 @@ def run_benchmark(policy: str | None = None, *, config: str = "smoke",
                   max_solution_tokens: int = 112, max_rounds: int = 40,
                   temperature: float = 1.0, seed: int = 0, scoring: bool = True,
                   baselines: Sequence[str] = ("host_loop", "host_dispatch"),
-                  prompt_len: int = 0, compare_replicated: bool = False,
+                  prompt_len: int = 0, compare_replicated: bool = False, mesh=None,
                   print_fn: Callable[[str], None] = print) -> list[dict]:
-  """Runs the benchmark; returns the lines (each also passed to `print_fn` as JSON)."""
+  """Runs the benchmark; returns the lines (each also passed to `print_fn` as JSON).
+
+  mesh: a ("data", "model"=1) mesh the searches and baseline (a) split rows
+  over (`search_line`); the scoring line runs on one device."""
   for method in methods:
     if method not in BENCH_METHODS:
       raise ValueError(f"unknown method {method!r}; valid: {list(BENCH_METHODS)}")
@@ -602,7 +632,8 @@ def run_benchmark(policy: str | None = None, *, config: str = "smoke",
         print_fn(json.dumps({"note": f"skipped {method} n={n} m={m}: {e}"}))
         continue
       line, out = search_line(models, prompts, scfg, repeats=repeats, warmup=warmup, seed=seed,
-                              baselines=baselines, compare_replicated=compare_replicated)
+                              baselines=baselines, compare_replicated=compare_replicated,
+                              mesh=mesh)
       if method == "best_of_n":
         best_of_n_out = out
       lines.append(_finish(line, common, print_fn))
@@ -651,6 +682,8 @@ def _define_flags():
   flags.DEFINE_string("json_out", None, "JSONL output file (written atomically at the end).")
   flags.DEFINE_integer("prompt_len", 0, "Lengthen prompts to >= this many tokens with solved "
                        "examples in front (a few-shot prompt); 0: the bare question.")
+  from ttc_jax import distributed
+  distributed.define_flags()  # --local_device_count=2: two XLA:CPU devices share the 2 cores
   flags.DEFINE_bool("compare_replicated", False, "Also time each search with the prompt's KV "
                     "copied to every row (shared_prefix=False) and report both memory plans "
                     "(replicated_questions_per_sec, peak_bytes, replicated_peak_bytes).")
@@ -663,6 +696,9 @@ def main(argv: Sequence[str]) -> None:
   from experiments.bench_decode import write_jsonl_atomic
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
+  from ttc_jax import distributed, sharding
+  distributed.initialize_from_flags()
+  mesh = sharding.make_mesh() if jax.device_count() > 1 else None
   lines = run_benchmark(
       f.policy, config=f.config, prm=f.prm, methods=f.methods, ns=[int(x) for x in f.ns],
       m=f.m, num_questions=f.num_questions, max_rows=f.max_rows, repeats=f.repeats,
@@ -670,7 +706,7 @@ def main(argv: Sequence[str]) -> None:
       max_step_tokens=f.max_step_tokens, max_solution_tokens=f.max_solution_tokens,
       max_rounds=f.max_rounds, temperature=f.temperature, seed=f.seed, scoring=f.scoring,
       baselines=f.baselines, prompt_len=f.prompt_len, compare_replicated=f.compare_replicated,
-      print_fn=lambda s: print(s, flush=True))
+      mesh=mesh, print_fn=lambda s: print(s, flush=True))
   if f.json_out:
     write_jsonl_atomic(f.json_out, lines)
 
