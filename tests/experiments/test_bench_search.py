@@ -53,6 +53,20 @@ def test_cli_lines(tmp_path):
       score["score_tokens_per_sec"] / score["rescore_tokens_per_sec"])
 
 
+def test_cli_on_two_cpu_devices(tmp_path):
+  """--local_device_count=2: the search and the host loop split rows over a 2-device mesh;
+  the search returns what the one-device engine pieces of baseline (b) return."""
+  out = tmp_path / "bench.jsonl"
+  subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
+                  "--ns=4", "--m=2", "--noscoring", "--local_device_count=2",
+                  f"--json_out={out}"] + TINY, check=True, timeout=300)
+  lines = [json.loads(s) for s in out.read_text().splitlines()]
+  assert [(l["method"], l["devices"]) for l in lines] == [("best_of_n", 2), ("beam", 2)]
+  for line in lines:
+    _positive(line, SEARCH_FIELDS)
+    assert line["host_dispatch_devices"] == 1 and line["host_dispatch_same_tokens"]
+
+
 def test_bad_method_is_rejected():
   with pytest.raises(ValueError, match="unknown method"):
     bench_search.run_benchmark(methods=("lookahead",))
