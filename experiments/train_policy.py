@@ -3,6 +3,7 @@
   python -m experiments.train_policy --preset=smoke --out_dir=runs/smoke
   python -m experiments.train_policy --preset=small --out_dir=runs/small
   python -m experiments.train_policy --preset=large --out_dir=runs/large
+  python -m experiments.train_policy --preset=small_verifier --out_dir=runs/small_verifier
 
 out_dir receives orbax checkpoints (checkpoints/<step>/), the tokenizer
 (tokenizer.model), a JSON sidecar (policy.json) and metrics.jsonl. Restarting
@@ -20,7 +21,8 @@ from absl import app, flags, logging
 from ttc_jax import distributed
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "smoke", "Preset name (ttc_jax.train.presets): smoke, small, small_verifier, large.")
+flags.DEFINE_string("preset", "smoke", "Preset name (ttc_jax.train.presets): smoke, small, "
+                    "small_verifier, large.")
 flags.DEFINE_string("out_dir", None, "Run directory (checkpoints, tokenizer, metrics).")
 flags.DEFINE_integer("steps", None, "Override: optimizer steps (else from the token budget).")
 flags.DEFINE_integer("train_tokens", None, "Override: token budget (real tokens).")
