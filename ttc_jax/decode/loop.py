@@ -241,9 +241,13 @@ TAIL_FRACTION = 8  # default tail: rows / 8, for batches of at least MIN_TAIL_BA
 MIN_TAIL_BATCH = 64
 
 
-def default_tail_rows(batch: int) -> int | None:
-  """The tail size `generate` and search use: batch / 8, or None (no tail) for small batches."""
-  return batch // TAIL_FRACTION if batch >= MIN_TAIL_BATCH else None
+def default_tail_rows(batch: int, fraction: int = TAIL_FRACTION) -> int | None:
+  """The tail size `generate` and search use: batch / fraction, or None (no tail)
+  for fraction 0 and below MIN_TAIL_BATCH rows, where a step costs little more
+  than the tail's own and the extra compile does not pay."""
+  if not fraction or batch < MIN_TAIL_BATCH:
+    return None
+  return max(batch // fraction, 1)
 
 
 decode_jit = jax.jit(decode, static_argnames=("cfg", "sampler", "buffer_len", "pad_id",

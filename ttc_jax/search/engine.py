@@ -38,7 +38,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ttc_jax.decode.loop import decode, prefill, tail_sizes
+from ttc_jax.decode.loop import decode, default_tail_rows, prefill, tail_sizes
 from ttc_jax.decode.samplers import Greedy
 from ttc_jax.model import ModelConfig, init_cache
 from ttc_jax.model.cache import fan_out
@@ -157,17 +157,13 @@ class _Step:
   verifier: VerifierState
 
 
-MIN_TAIL_BATCH = 64
 MIN_NARROW_CAPACITY = 128
 
 
 def tail_rows(scfg: SearchConfig, rows: int) -> int | None:
   """How many rows the last ones sampling or being scored continue in (None: all
-  rows; also below MIN_TAIL_BATCH rows, where a step costs little more than
-  the tail's own and the extra compile does not pay)."""
-  if not scfg.tail_fraction or rows < MIN_TAIL_BATCH:
-    return None
-  return max(rows // scfg.tail_fraction, 1)
+  rows; `default_tail_rows` with the config's fraction)."""
+  return default_tail_rows(rows, scfg.tail_fraction)
 
 
 def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,

@@ -583,7 +583,8 @@ def _target_stats(rows: VerifierRows) -> dict:
 def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                           problems: Sequence[Problem], *, samples: int = 16, rollouts: int = 16,
                           label: str = "mc", contrastive_copies: int = 0,
-                          reference_chains: bool = False, temperature: float = 1.0, seed: int = 0, row_len: int = 128,
+                          reference_chains: bool = False, temperature: float = 1.0,
+                          seed: int = 0, row_len: int = 128,
                           batch_size: int = 256, max_new_tokens: int = 112,
                           progress: bool = False) -> tuple[VerifierRows, dict]:
   """PRM rows from policy samples (+ optional contrastive chains) and a report.
