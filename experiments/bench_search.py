@@ -102,6 +102,7 @@ from ttc_jax.decode.loop import decode_jit
 from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids
 from ttc_jax.model import init_params
+from ttc_jax.model.cache import fan_out
 from ttc_jax.search import SearchConfig, SearchOutput, search
 from ttc_jax.search.api import compiled_memory, prepare_prompts
 from ttc_jax.search import api as search_api
@@ -324,16 +325,17 @@ _search_round = jax.jit(engine.search_round,
                         donate_argnames=("s",))
 _keep_going = jax.jit(engine.keep_going, static_argnames=("scfg",))
 _final_result = jax.jit(engine.final_result, static_argnames=("scfg",))
-_prefill = jax.jit(engine._start, static_argnums=(0, 1, 2),  # pylint: disable=protected-access
-                   static_argnames=("capacity",))
+_fan_out = jax.jit(fan_out, static_argnums=(1, 2, 3))
+_prefill_prompts = jax.jit(engine._start_prompts,  # pylint: disable=protected-access
+                           static_argnums=(0, 1))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("eos_id",))
-def _score_solutions(vcfg, scfg, vparams, verifier, tokens, num_new, *, eos_id):
+def _score_solutions(vcfg, scfg, vparams, prompt_state, tokens, num_new, *, eos_id):
   """Best-of-N's scoring stage, as inside the engine."""
   content, _ = engine._content_length(tokens, num_new, eos_id)  # pylint: disable=protected-access
-  return engine.score_solutions(vcfg, vparams, verifier, tokens, content, scfg.max_steps,
-                                engine.tail_rows(scfg, tokens.shape[0]))
+  return engine.score_after_prompts(vcfg, vparams, prompt_state, tokens, content, n=scfg.n,
+                                    max_steps=scfg.max_steps, shared_prefix=scfg.shared_prefix)
 
 
 def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig, *,
@@ -349,12 +351,12 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
   seed_arr = jnp.asarray(seed, jnp.uint32)
   stops = jnp.asarray([m.vcfg.step_token_id, tok.eos_id], jnp.int32)
   if scfg.method == "best_of_n":
-    cache, next_logits, verifier = jax.block_until_ready(_prefill(
-        m.pcfg, m.vcfg, scfg, m.pparams, m.vparams, jnp.asarray(tokens), jnp.asarray(lengths),
-        capacity=capacity))
+    next_logits, cache, verifier = jax.block_until_ready(_prefill_prompts(
+        m.pcfg, m.vcfg, m.pparams, m.vparams, jnp.asarray(tokens), jnp.asarray(lengths)))
     r = q * scfg.n
+    cache = _fan_out(cache, scfg.n, capacity - tokens.shape[1], scfg.shared_prefix)
     d = jax.block_until_ready(decode_jit(
-        m.pcfg, m.pparams, cache, next_logits, seed=seed_arr,
+        m.pcfg, m.pparams, cache, next_logits[np.repeat(np.arange(q), scfg.n)], seed=seed_arr,
         row_streams=engine._row_streams(streams, scfg.n),  # pylint: disable=protected-access
         max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32), stop_tokens=stops[-1:],
         sampler=scfg.sampler, buffer_len=scfg.max_solution_tokens, pad_id=tok.pad_id,
@@ -422,17 +424,15 @@ def one_pass_scores(m: Models, rows: ScoringRows, max_steps: int) -> np.ndarray:
 
 
 _score_candidates = jax.jit(engine.score_candidates, static_argnums=0,
-                            static_argnames=("n", "max_steps", "shared_prefix", "tail"))
+                            static_argnames=("n", "max_steps", "shared_prefix", "group_rows"))
 
 
 def shared_scores(m: Models, rows: ScoringRows, max_steps: int) -> np.ndarray:
   """One pass over every solution, each question's prompt fed to the verifier once
   and its KV shared by the question's N rows (the scorer best-of-N uses)."""
   q, r = rows.prompts.shape[0], rows.solutions.shape[0]
-  scfg = SearchConfig(method="best_of_n", n=r // q, m=1)
   scores, _ = _score_candidates(m.vcfg, m.vparams, rows.prompts, rows.question_prompt_lengths,
-                                rows.solutions, rows.content, n=r // q, max_steps=max_steps,
-                                tail=engine.tail_rows(scfg, r))
+                                rows.solutions, rows.content, n=r // q, max_steps=max_steps)
   return np.asarray(scores)
 
 

@@ -261,10 +261,11 @@ _init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2),
 _round = jax.jit(engine.search_round, static_argnums=(0, 1, 2), static_argnames=("eos_id", "pad_id"))
 
 
-@pytest.mark.parametrize("shared,tail", [(True, None), (False, (4, 2))])
-def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models, shared, tail):
-  """`score_candidates` (each prompt fed once, chunked solutions, tails) gives
-  `step_scores` over the prompt + solution rows."""
+@pytest.mark.parametrize("shared,group_rows", [(True, 1), (False, 8), (True, 64)])
+def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models, shared,
+                                                                        group_rows):
+  """`score_candidates` (each prompt fed once, question groups at fitted widths)
+  gives `step_scores` over the prompt + solution rows."""
   _, vcfg, vparams = models
   n, width, rng = 4, 21, np.random.default_rng(0)
   prompts = np.zeros((len(PROMPTS), 8), np.int32)
@@ -272,10 +273,14 @@ def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models
     prompts[q, :len(p)] = p
   plens = np.array([len(p) for p in PROMPTS], np.int32)
   solutions = rng.choice(np.array([3, 7, 11, STEP, STEP]), size=(len(PROMPTS) * n, width))
-  content = rng.integers(0, width + 1, size=len(PROMPTS) * n).astype(np.int32)
+  # Questions of different lengths, so groups run at different widths.
+  content = (rng.integers(0, width + 1, size=len(PROMPTS) * n) //
+             np.repeat(np.arange(1, len(PROMPTS) + 1), n)).astype(np.int32)
   content[:3] = (0, 1, width)  # empty, one token, full width
+  content[-n:] = 0  # a question with no solution tokens at all
   scores, mask = engine.score_candidates(vcfg, vparams, prompts, plens, solutions, content,
-                                         n=n, max_steps=12, shared_prefix=shared, tail=tail)
+                                         n=n, max_steps=12, shared_prefix=shared,
+                                         group_rows=group_rows)
   rows = np.zeros((len(content), 8 + width), np.int32)
   for i, c in enumerate(content):
     p = PROMPTS[i // n]
@@ -283,6 +288,21 @@ def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models
   row_plens = np.repeat(plens, n)
   want, want_mask = step_scores(vcfg, vparams, rows, row_plens, row_plens + content, max_steps=12)
   np.testing.assert_array_equal(mask, want_mask)
-  assert np.asarray(mask).sum() > 2 * len(content)  # several steps per row were scored
+  assert np.asarray(mask).sum() > len(content)  # several steps per row were scored
   np.testing.assert_allclose(np.where(mask, scores, 0), np.where(want_mask, want, 0),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 9, 33, 96, 113, 500])
+def test_score_widths_cover_the_width_in_few_rungs(width):
+  widths = engine.score_widths(width)
+  assert widths[-1] >= width and (len(widths) == 1 or widths[-2] < width)
+  assert len(widths) <= 8 and all(w % engine.SCORE_CHUNK == 0 for w in widths)
+  assert list(widths) == sorted(set(widths))
+
+
+def test_questions_per_group_divides_and_bounds_rows():
+  assert engine.questions_per_group(8, 64, 32) == 1  # one question already holds 64 rows
+  assert engine.questions_per_group(8, 4, 32) == 8
+  assert engine.questions_per_group(6, 4, 16) == 3  # 4 would not divide 6
+  assert engine.questions_per_group(7, 4, 16) == 1  # a prime count: one at a time

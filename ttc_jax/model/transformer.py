@@ -233,8 +233,13 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
       slots = positions[:, 0] - cache.offsets
       new_k.append(write_rows(cache.k[i], k, slots))
       new_v.append(write_rows(cache.v[i], v, slots))
-    if cache is None or cache_is_empty:
+    if cache is None or cache_is_empty and cache.prefix is None:
       attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
+    elif cache_is_empty:  # the new tokens follow a shared prefix: merge the two partials
+      out, lse = attention_partial(q, keys.astype(q.dtype), values.astype(q.dtype), positions,
+                                   k_pos)
+      pre_out, pre_lse = prefix_attention(q, cache.prefix, i, "xla")
+      attn = merge_partials(out, lse, pre_out, pre_lse)[0]
     else:
       attn = _cached_attention(q, new_k[-1].astype(q.dtype), new_v[-1].astype(q.dtype),
                                positions, cache, i, kernel_impl)

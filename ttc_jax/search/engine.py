@@ -38,6 +38,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.decode.generate import round_up
 from ttc_jax.decode.loop import decode, default_tail_rows, prefill, tail_sizes
 from ttc_jax.decode.samplers import Greedy
 from ttc_jax.model import ModelConfig, init_cache
@@ -132,16 +133,24 @@ def _content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int):
   return num_new - ended.astype(num_new.dtype), ended
 
 
-def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams, vparams,
-           prompts, prompt_lengths, capacity: int):
-  """Prefill policy and verifier once per prompt, then fan out to the N rows: the
-  prompt's KV shared (stored once, `scfg.shared_prefix`) or copied per row."""
+def _start_prompts(pcfg: ModelConfig, vcfg: VerifierConfig, pparams, vparams, prompts,
+                   prompt_lengths):
+  """Prefill policy and verifier once per prompt -> (policy cache [Q], next logits
+  [Q, V], verifier state [Q])."""
   q, width = prompts.shape
   cache = init_cache(pcfg, q, width)
   next_logits, cache = prefill(pcfg, pparams, prompts, prompt_lengths, cache)
-  vstate = vmodel.start(vcfg, vparams, prompts, prompt_lengths, width)
-  rows = jnp.repeat(jnp.arange(q), scfg.n)
-  suffix, shared = capacity - width, scfg.shared_prefix
+  return next_logits, cache, vmodel.start(vcfg, vparams, prompts, prompt_lengths, width)
+
+
+def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams, vparams,
+           prompts, prompt_lengths, capacity: int):
+  """`_start_prompts`, then fan out to the N rows: the prompt's KV shared (stored
+  once, `scfg.shared_prefix`) or copied per row."""
+  next_logits, cache, vstate = _start_prompts(pcfg, vcfg, pparams, vparams, prompts,
+                                              prompt_lengths)
+  rows = jnp.repeat(jnp.arange(prompts.shape[0]), scfg.n)
+  suffix, shared = capacity - prompts.shape[1], scfg.shared_prefix
   return (fan_out(cache, scfg.n, suffix, shared), next_logits[rows],
           vmodel.fan_out_state(vstate, scfg.n, suffix, shared))
 
@@ -426,48 +435,100 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
                *, capacity, stop_tokens, eos_id, pad_id) -> SearchResult:
   n, q = scfg.n, prompts.shape[0]
   r = q * n
-  cache, next_logits, verifier = _start(pcfg, vcfg, scfg, pparams, vparams, prompts,
-                                        prompt_lengths, capacity)
-  d = decode(pcfg, pparams, cache, next_logits, seed=seed, row_streams=_row_streams(prompt_streams, n),
+  next_logits, cache, vstate = _start_prompts(pcfg, vcfg, pparams, vparams, prompts,
+                                              prompt_lengths)
+  rows = jnp.repeat(jnp.arange(q), n)
+  cache = fan_out(cache, n, capacity - prompts.shape[1], scfg.shared_prefix)
+  d = decode(pcfg, pparams, cache, next_logits[rows], seed=seed,
+             row_streams=_row_streams(prompt_streams, n),
              max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32),
              stop_tokens=stop_tokens[-1:], sampler=scfg.sampler,
              buffer_len=scfg.max_solution_tokens, pad_id=pad_id,
              max_start=0 if scfg.shared_prefix else prompts.shape[1],
              tail_rows=tail_rows(scfg, r))
   content, ended = _content_length(d.tokens, d.num_new, eos_id)
-  v_start = verifier.cache.lengths
-  step_scores, step_mask = score_solutions(vcfg, vparams, verifier, d.tokens, content,
-                                           scfg.max_steps, tail_rows(scfg, r))
+  step_scores, step_mask = score_after_prompts(vcfg, vparams, vstate, d.tokens, content, n=n,
+                                               max_steps=scfg.max_steps,
+                                               shared_prefix=scfg.shared_prefix)
+  v_start = vstate.cache.lengths[rows]
   counters = Counters.zeros(r).add(jnp.repeat(prompt_lengths, n), d.num_new, v_start, content)
   return SearchResult(d.tokens, d.num_new, step_scores, jnp.sum(step_mask, axis=1).astype(
       jnp.int32), ended, counters, jnp.zeros((r,), jnp.int32))
 
 
-def score_solutions(vcfg, vparams, verifier: VerifierState, tokens: jax.Array, content: jax.Array,
-                    max_steps: int, tail: int | tuple[int, ...] | None = None):
-  """Step scores of solutions tokens [R, W] (content [R] real tokens, EOS left
-  out) fed after the prompts already in `verifier`: every token scored once,
-  in chunks (`_score_chunks`). Returns (scores [R, max_steps], mask)."""
-  _, scores = _score_chunks(vcfg, vparams, verifier, tokens, content, tail)
+SCORE_GROUP_ROWS = 32
+
+
+def score_widths(width: int) -> tuple[int, ...]:
+  """The widths a group of whole solutions is scored at: multiples of a unit
+  (SCORE_CHUNK or more, at most ~8 of them: each is one compiled branch) up to
+  the first one >= `width`."""
+  width = max(width, 1)
+  unit = round_up(-(-width // 8), SCORE_CHUNK)
+  return tuple(unit * (i + 1) for i in range(-(-width // unit)))
+
+
+def questions_per_group(q: int, n: int, group_rows: int = SCORE_GROUP_ROWS) -> int:
+  """The largest divisor of q whose questions hold at most max(n, group_rows) rows."""
+  return max(d for d in range(1, q + 1) if q % d == 0 and d * n <= max(n, group_rows))
+
+
+def score_after_prompts(vcfg, vparams, prompt_state: VerifierState, tokens: jax.Array,
+                        content: jax.Array, *, n: int, max_steps: int, shared_prefix: bool = True,
+                        group_rows: int = SCORE_GROUP_ROWS):
+  """Step scores of N whole solutions per prompt, fed after the prompts in
+  `prompt_state` [Q] (the prompt's KV stored once with `shared_prefix`, else
+  copied per row). tokens [Q * N, W] prompt-major, content [Q * N] real tokens.
+
+  Each solution is scored in one forward pass. Questions go in groups of about
+  `group_rows` rows, longest first, and each group runs at the narrowest of
+  `score_widths(W)` that holds its longest solution: one question's solutions
+  are often alike in length while questions differ, so a group pays little
+  padding where one [Q * N, W] pass would pay the longest question's length
+  for every row (bench_search: 49k positions for 19k tokens at N=64).
+  Returns (scores [Q * N, max_steps], mask), equal to `vmodel.step_scores` over
+  prompt + solution rows (tested).
+  """
+  q, width = prompt_state.cache.batch_size, tokens.shape[1]
+  tokens, content = jnp.asarray(tokens), jnp.asarray(content)
+  widths = score_widths(width)
+  padded = jnp.pad(tokens, ((0, 0), (0, widths[-1] - width)))
+  need = jnp.max(content.reshape(q, n), axis=1)
+  per_group = questions_per_group(q, n, group_rows)
+  order = jnp.argsort(-need, stable=True).reshape(q // per_group, per_group)
+  group_rows_of = lambda questions: (questions[..., None] * n + jnp.arange(n)).reshape(
+      *questions.shape[:-1], -1)
+
+  def at_width(w: int):
+    def run(questions, group_tokens, group_content):
+      state = vmodel.fan_out_state(prompt_state.gather_rows(questions), n, w, shared_prefix)
+      _, scores = vmodel.extend(vcfg, vparams, state, group_tokens[:, :w], group_content,
+                                suffix_is_empty=shared_prefix)
+      return jnp.pad(scores, ((0, 0), (0, widths[-1] - w)))
+    return run
+
+  def score_group(_, questions):
+    rows = group_rows_of(questions)
+    fit = jnp.searchsorted(jnp.asarray(widths), jnp.max(need[questions]))
+    return None, jax.lax.switch(fit, [at_width(w) for w in widths], questions, padded[rows],
+                                content[rows])
+
+  _, parts = jax.lax.scan(score_group, None, order)
+  scores = jnp.zeros(padded.shape, jnp.float32).at[group_rows_of(order).reshape(-1)].set(
+      parts.reshape(q * n, -1))[:, :width]
   where = vmodel.step_positions(vcfg, tokens, jnp.zeros_like(content), content)
   return vmodel.compact(scores, where, max_steps)
 
 
 def score_candidates(vcfg, vparams, prompts: jax.Array, prompt_lengths: jax.Array,
                      tokens: jax.Array, content: jax.Array, *, n: int, max_steps: int,
-                     shared_prefix: bool = True, tail: int | tuple[int, ...] | None = None):
-  """Step scores of N solutions per prompt, the prompt run through the verifier
-  once (its KV stored once with `shared_prefix`, else copied per row).
-
-  prompts [Q, P] (lengths [Q]); tokens [Q * N, W] solutions, prompt-major, with
-  content [Q * N] real tokens. The one-pass scorer best-of-N uses; equal to
-  `vmodel.step_scores` over prompt + solution rows (tested).
-  Returns (scores [Q * N, max_steps], mask).
-  """
-  verifier = vmodel.start(vcfg, vparams, prompts, prompt_lengths, prompts.shape[1])
-  suffix = -(-tokens.shape[1] // SCORE_CHUNK) * SCORE_CHUNK  # chunks write whole chunks
-  verifier = vmodel.fan_out_state(verifier, n, suffix, shared_prefix)
-  return score_solutions(vcfg, vparams, verifier, tokens, content, max_steps, tail)
+                     shared_prefix: bool = True, group_rows: int = SCORE_GROUP_ROWS):
+  """`score_after_prompts` with the prompts [Q, P] (lengths [Q]) run through the
+  verifier first, once each. The scorer best-of-N uses."""
+  prompt_state = vmodel.start(vcfg, vparams, prompts, prompt_lengths, prompts.shape[1])
+  return score_after_prompts(vcfg, vparams, prompt_state, tokens, content, n=n,
+                             max_steps=max_steps, shared_prefix=shared_prefix,
+                             group_rows=group_rows)
 
 
 def _search(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams: dict,

@@ -306,7 +306,7 @@ def start(vcfg: VerifierConfig, params: dict, prompts: jax.Array, prompt_lengths
 
 
 def extend(vcfg: VerifierConfig, params: dict, state: VerifierState, tokens: jax.Array,
-           num_new: jax.Array) -> tuple[VerifierState, jax.Array]:
+           num_new: jax.Array, suffix_is_empty: bool = False) -> tuple[VerifierState, jax.Array]:
   """Scores a chunk of solution tokens [B, T] (num_new [B] real ones per row).
 
   Writes their keys/values after each row's cached length (padding beyond
@@ -316,7 +316,8 @@ def extend(vcfg: VerifierConfig, params: dict, state: VerifierState, tokens: jax
   """
   b, t = tokens.shape
   start_len = state.cache.lengths
-  hidden, cache = forward_hidden(vcfg.model, params["lm"], tokens, cache=state.cache)
+  hidden, cache = forward_hidden(vcfg.model, params["lm"], tokens, cache=state.cache,
+                                 cache_is_empty=suffix_is_empty)
   valid = jnp.arange(t)[None, :] < num_new[:, None]
   logit = position_logits(vcfg, params, hidden, tokens, state.last_hidden)
   scores, log_prefix = _prefix_scores(vcfg, logit, valid, state.log_prefix)
