@@ -44,11 +44,14 @@ call - median):
 
 With --scoring (default) one line per n with method "score" rates the verifier
 on the best-of-N candidates of that n (Q x n solutions, EOS not scored):
-  score_tokens_per_sec       one-pass `step_scores` over prompt + solution rows.
-  shared_score_tokens_per_sec one pass with each question's prompt fed to the
-                             verifier once and its KV shared by the N rows, the
-                             solutions in chunks (`engine.score_candidates`, the
-                             scorer best-of-N uses); `shared_rescore_speedup`.
+  score_tokens_per_sec       the one-pass scorer the search's best-of-N runs
+                             (`engine.score_candidates`): each question's prompt
+                             fed to the verifier once (its KV shared by the N
+                             rows), every solution scored in one forward pass,
+                             questions in groups at the narrowest width that
+                             holds the group's longest solution.
+  rows_score_tokens_per_sec  one-pass `step_scores` over [B, T] prompt + solution
+                             rows padded to the longest (`rows_rescore_speedup`).
   rescore_tokens_per_sec     the peers' per-step prefix re-scoring: for step j,
                              every solution's prefix up to its j-th step end is
                              scored from scratch (batched over solutions, width
@@ -56,12 +59,13 @@ on the best-of-N candidates of that n (Q x n solutions, EOS not scored):
   incremental_tokens_per_sec the search's incremental scorer driven from the host:
                              verifier `start` on the prompts, then `extend` with
                              every solution's j-th step, one jitted call per step.
-  Re-scoring costs sum_j (prompt + prefix_j) tokens against prompt + solution for
-  one pass: less than (steps per solution) x more when prompts are long next to
-  steps, and padding to a batch's longest row eats into both.
+  Re-scoring costs sum_j (prompt + prefix_j) tokens against solution + prompt / N
+  for the engine's scorer and prompt + solution for the rows' one pass; padding
+  to a batch's longest row eats into all three.
   (tokens = solution tokens scored; `questions_per_sec`,
-  `host_loop_questions_per_sec`, `host_dispatch_questions_per_sec` are the same
-  three as questions per second; `*_max_abs_diff` check they agree with one pass.)
+  `host_loop_questions_per_sec`, `host_dispatch_questions_per_sec` are the first,
+  re-scoring and incremental as questions per second; `*_max_abs_diff` check
+  they agree with `rows_score`.)
 
 --local_device_count=2 splits a 2-core CPU into two XLA:CPU devices: the
 search then runs half the prompts on each (`search(mesh=)`), baseline (a)
@@ -427,9 +431,8 @@ _score_candidates = jax.jit(engine.score_candidates, static_argnums=0,
                             static_argnames=("n", "max_steps", "shared_prefix", "group_rows"))
 
 
-def shared_scores(m: Models, rows: ScoringRows, max_steps: int) -> np.ndarray:
-  """One pass over every solution, each question's prompt fed to the verifier once
-  and its KV shared by the question's N rows (the scorer best-of-N uses)."""
+def engine_scores(m: Models, rows: ScoringRows, max_steps: int) -> np.ndarray:
+  """The scorer best-of-N uses (`engine.score_candidates`)."""
   q, r = rows.prompts.shape[0], rows.solutions.shape[0]
   scores, _ = _score_candidates(m.vcfg, m.vparams, rows.prompts, rows.question_prompt_lengths,
                                 rows.solutions, rows.content, n=r // q, max_steps=max_steps)
@@ -573,21 +576,21 @@ def score_line(models: Models, prompts, out: SearchOutput, n: int, *, repeats: i
               solution_tokens=tokens,
               steps_per_solution=float(np.mean([len(e) for e in rows.step_ends])))
   results = {}
-  for name, fn in (("score", one_pass_scores), ("shared_score", shared_scores),
+  for name, fn in (("score", engine_scores), ("rows_score", one_pass_scores),
                    ("rescore", rescore_scores), ("incremental", incremental_scores)):
     scores, first, median, times = _median_time(lambda fn=fn: fn(models, rows, max_steps),
                                                 repeats, warmup)
     results[name] = scores
     line.update({f"{name}_tokens_per_sec": tokens / median, f"{name}_time_s": median,
                  f"{name}_times_s": times, f"{name}_compile_s": max(first - median, 0.0)})
-  for name in ("shared_score", "rescore", "incremental"):
-    line[f"{name}_max_abs_diff"] = float(np.max(np.abs(results[name] - results["score"])))
+  for name in ("score", "rescore", "incremental"):
+    line[f"{name}_max_abs_diff"] = float(np.max(np.abs(results[name] - results["rows_score"])))
   line.update(
       questions_per_sec=q / line["score_time_s"],
       host_loop_questions_per_sec=q / line["rescore_time_s"],
       host_dispatch_questions_per_sec=q / line["incremental_time_s"],
       rescore_speedup=line["rescore_time_s"] / line["score_time_s"],
-      shared_rescore_speedup=line["rescore_time_s"] / line["shared_score_time_s"],
+      rows_rescore_speedup=line["rescore_time_s"] / line["rows_score_time_s"],
       loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0])
   return line
 

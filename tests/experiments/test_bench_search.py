@@ -19,7 +19,7 @@ TINY = ["--config=smoke", "--num_questions=2", "--repeats=1", "--warmup=1",
 SEARCH_FIELDS = ("questions_per_sec", "host_loop_questions_per_sec",
                  "host_dispatch_questions_per_sec", "compile_s", "host_loop_compile_s",
                  "host_dispatch_compile_s", "speedup_vs_host_loop", "loadavg_1m_before")
-SCORE_FIELDS = ("score_tokens_per_sec", "shared_score_tokens_per_sec", "rescore_tokens_per_sec",
+SCORE_FIELDS = ("score_tokens_per_sec", "rows_score_tokens_per_sec", "rescore_tokens_per_sec",
                 "incremental_tokens_per_sec",
                 "questions_per_sec", "host_loop_questions_per_sec",
                 "host_dispatch_questions_per_sec", "steps_per_solution")
@@ -46,8 +46,9 @@ def test_cli_lines(tmp_path):
   assert lines[1]["m"] == 2 and 1 <= lines[1]["host_loop_rounds"] <= 4
   score = lines[2]
   _positive(score, SCORE_FIELDS)
-  # Re-scoring each prefix and host-driven incremental scoring give one pass's scores.
-  for name in ("rescore", "incremental", "shared_score"):
+  # The engine's scorer, re-scoring each prefix and host-driven incremental scoring
+  # give the scores of one pass over the rows.
+  for name in ("rescore", "incremental", "score"):
     assert score[f"{name}_max_abs_diff"] < 1e-5, name
   assert score["rescore_speedup"] == pytest.approx(
       score["score_tokens_per_sec"] / score["rescore_tokens_per_sec"])
