@@ -93,3 +93,29 @@ def test_param_count_matches_initialised_params():
 def test_config_round_trips_through_dict():
   cfg = tiny_config(rope_llama3_scaling=(8.0, 1.0, 4.0, 64))
   assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("t,heads,kv_heads", [(1, 4, 4), (3, 4, 2), (8, 2, 2)])
+def test_sum_form_attention_and_its_gradients_equal_the_dot_form(monkeypatch, t, heads, kv_heads):
+  """On CPU, attention with 2+ queries per row runs its products as a fused
+  multiply + sum with dot-form gradients (`_reduce_form`); values and
+  gradients must equal the plain dot form."""
+  from ttc_jax.model import transformer
+  rng = np.random.default_rng(t)
+  b, s, e = 3, 7, 8
+  q = jnp.asarray(rng.normal(size=(b, t, heads, e)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, kv_heads, s, e)), jnp.float32) for _ in range(2))
+  q_pos = jnp.asarray(rng.integers(0, s, size=(b, t)), jnp.int32)
+  k_pos = jnp.tile(jnp.arange(s, dtype=jnp.int32)[None], (b, 1))
+  weights = jnp.asarray(rng.normal(size=(b, t, heads, e)), jnp.float32)
+
+  def value_and_grads():  # eager (no jit): `_reduce_form` is read at each call
+    loss = lambda *x: jnp.sum(transformer.attention(*x, q_pos, k_pos) * weights)
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  assert transformer._reduce_form(t) == (t > 1 and jax.default_backend() == "cpu")
+  got = value_and_grads()
+  monkeypatch.setattr(transformer, "_reduce_form", lambda queries: False)
+  want = value_and_grads()
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

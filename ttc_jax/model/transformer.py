@@ -59,6 +59,57 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return rotated.astype(x.dtype)
 
 
+def _reduce_form(queries: int) -> bool:
+  """Whether attention's two products run as a broadcast multiply + sum.
+
+  XLA:CPU lowers these batched dots (per row and kv head: queries x head_dim
+  by head_dim x keys, tiny matrices) far below its peak. A multiply fused
+  with its sum ran 1.5-2.5x faster there with 2+ queries per row over a
+  cache (chunked scoring: `runs/scratch/attn_model.py`, BUILD_NOTES) and no
+  slower for a square prefill, but slower for one query (a decode step), so
+  decode keeps the dot. Other backends keep the dot.
+  """
+  return queries > 1 and jax.default_backend() == "cpu"
+
+
+@jax.custom_vjp
+def _sum_scores(q: jax.Array, k: jax.Array) -> jax.Array:
+  """q [B, K, M, E] . k [B, K, S, E] -> [B, K, M, S] f32, as a fused multiply + sum."""
+  return jnp.sum(q[:, :, :, None, :] * k[:, :, None], axis=-1)
+
+
+def _sum_scores_fwd(q, k):
+  return _sum_scores(q, k), (q, k)
+
+
+def _sum_scores_bwd(res, g):
+  # The gradients as dots: differentiating the multiply + sum would
+  # materialise the [B, K, M, S, E] product (measured: 11x slower, 4.8 GB).
+  q, k = res
+  return jnp.einsum("bkms,bkse->bkme", g, k), jnp.einsum("bkms,bkme->bkse", g, q)
+
+
+_sum_scores.defvjp(_sum_scores_fwd, _sum_scores_bwd)
+
+
+@jax.custom_vjp
+def _sum_values(p: jax.Array, v: jax.Array) -> jax.Array:
+  """p [B, K, M, S] . v [B, K, S, E] -> [B, K, M, E], as a fused multiply + sum."""
+  return jnp.sum(p[..., None] * v[:, :, None], axis=-2)
+
+
+def _sum_values_fwd(p, v):
+  return _sum_values(p, v), (p, v)
+
+
+def _sum_values_bwd(res, g):
+  p, v = res
+  return jnp.einsum("bkme,bkse->bkms", g, v), jnp.einsum("bkms,bkme->bkse", p, g)
+
+
+_sum_values.defvjp(_sum_values_fwd, _sum_values_bwd)
+
+
 def _masked_scores(q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
   """Scaled f32 scores [B, K, G, T, S]; key j is visible to query t iff
   k_pos[b, j] <= q_pos[b, t] (cache slots past a row's length sit at positions
@@ -66,7 +117,12 @@ def _masked_scores(q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Arra
   b, t, h, e = q.shape
   kv_heads = k.shape[1]
   qg = q.reshape(b, t, kv_heads, h // kv_heads, e)
-  scores = jnp.einsum("btkge,bkse->bkgts", qg, k, preferred_element_type=jnp.float32)
+  if _reduce_form(t):
+    qf = qg.transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, e)  # [B,K,G*T,E]
+    scores = _sum_scores(qf.astype(jnp.float32), k.astype(jnp.float32))
+    scores = scores.reshape(b, kv_heads, h // kv_heads, t, -1)
+  else:
+    scores = jnp.einsum("btkge,bkse->bkgts", qg, k, preferred_element_type=jnp.float32)
   scores = scores * (1.0 / math.sqrt(e))
   visible = k_pos[:, None, None, None, :] <= q_pos[:, None, None, :, None]  # [B,1,1,T,S]
   return jnp.where(visible, scores, _NEG_INF)
@@ -75,7 +131,11 @@ def _masked_scores(q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Arra
 def _weighted_values(probs: jax.Array, v: jax.Array) -> jax.Array:
   """probs [B, K, G, T, S] x v [B, K, S, E] -> [B, T, H, E]."""
   b, kv_heads, g, t, _ = probs.shape
-  out = jnp.einsum("bkgts,bkse->btkge", probs.astype(v.dtype), v)
+  if _reduce_form(t):
+    out = _sum_values(probs.reshape(b, kv_heads, g * t, -1), v.astype(jnp.float32))
+    out = out.reshape(b, kv_heads, g, t, -1).astype(v.dtype).transpose(0, 3, 1, 2, 4)
+  else:
+    out = jnp.einsum("bkgts,bkse->btkge", probs.astype(v.dtype), v)
   return out.reshape(b, t, kv_heads * g, v.shape[-1])
 
 
