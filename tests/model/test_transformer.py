@@ -102,7 +102,7 @@ def test_sum_form_attention_and_its_gradients_equal_the_dot_form(monkeypatch, t,
   gradients must equal the plain dot form."""
   from ttc_jax.model import transformer
   rng = np.random.default_rng(t)
-  b, s, e = 3, 7, 8
+  b, s, e = transformer.SUM_FORM_MIN_BATCH_HEADS // kv_heads, 7, 8
   q = jnp.asarray(rng.normal(size=(b, t, heads, e)), jnp.float32)
   k, v = (jnp.asarray(rng.normal(size=(b, kv_heads, s, e)), jnp.float32) for _ in range(2))
   q_pos = jnp.asarray(rng.integers(0, s, size=(b, t)), jnp.int32)
@@ -113,9 +113,9 @@ def test_sum_form_attention_and_its_gradients_equal_the_dot_form(monkeypatch, t,
     loss = lambda *x: jnp.sum(transformer.attention(*x, q_pos, k_pos) * weights)
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-  assert transformer._reduce_form(t) == (t > 1 and jax.default_backend() == "cpu")
+  assert transformer._reduce_form(t, b * kv_heads) == (t > 1 and jax.default_backend() == "cpu")
   got = value_and_grads()
-  monkeypatch.setattr(transformer, "_reduce_form", lambda queries: False)
+  monkeypatch.setattr(transformer, "_reduce_form", lambda queries, batch_heads: False)
   want = value_and_grads()
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

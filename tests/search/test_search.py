@@ -261,7 +261,7 @@ _init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2),
 _round = jax.jit(engine.search_round, static_argnums=(0, 1, 2), static_argnames=("eos_id", "pad_id"))
 
 
-@pytest.mark.parametrize("shared,group_rows", [(True, 1), (False, 8), (True, 64)])
+@pytest.mark.parametrize("shared,group_rows", [(True, 1), (False, 8), (True, 64), (False, 2)])
 def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models, shared,
                                                                         group_rows):
   """`score_candidates` (each prompt fed once, question groups at fitted widths)
@@ -301,8 +301,10 @@ def test_score_widths_cover_the_width_in_few_rungs(width):
   assert list(widths) == sorted(set(widths))
 
 
-def test_questions_per_group_divides_and_bounds_rows():
-  assert engine.questions_per_group(8, 64, 32) == 1  # one question already holds 64 rows
-  assert engine.questions_per_group(8, 4, 32) == 8
-  assert engine.questions_per_group(6, 4, 16) == 3  # 4 would not divide 6
-  assert engine.questions_per_group(7, 4, 16) == 1  # a prime count: one at a time
+def test_score_blocks_divide_and_bound_rows():
+  assert engine.score_blocks(8, 4, 32) == (8, 4)  # whole questions, 32 rows
+  assert engine.score_blocks(6, 4, 16) == (3, 4)  # 4 questions would not divide 6
+  assert engine.score_blocks(7, 4, 16) == (1, 4)  # a prime count: one at a time
+  assert engine.score_blocks(8, 256, 32) == (1, 32)  # a question in 8 blocks
+  assert engine.score_blocks(2, 48, 32) == (1, 24)
+  assert engine.score_blocks(2, 37, 32) == (1, 37)  # a prime n: not one row at a time

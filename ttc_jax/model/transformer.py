@@ -59,17 +59,23 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return rotated.astype(x.dtype)
 
 
-def _reduce_form(queries: int) -> bool:
+SUM_FORM_MIN_BATCH_HEADS = 64
+
+
+def _reduce_form(queries: int, batch_heads: int) -> bool:
   """Whether attention's two products run as a broadcast multiply + sum.
 
-  XLA:CPU lowers these batched dots (per row and kv head: queries x head_dim
+  XLA:CPU runs these batched dots (per row and kv head: queries x head_dim
   by head_dim x keys, tiny matrices) far below its peak. A multiply fused
-  with its sum ran 1.5-2.5x faster there with 2+ queries per row over a
-  cache (chunked scoring: `runs/scratch/attn_model.py`, BUILD_NOTES) and no
-  slower for a square prefill, but slower for one query (a decode step), so
-  decode keeps the dot. Other backends keep the dot.
+  with its sum ran 1.2-2.5x faster there with 2+ queries per row and at
+  least 64 (row, kv head) pairs (chunked scoring, the verifier's solution
+  blocks, prefills of many rows). It was slower with one query (a decode
+  step) and up to 16x slower with few pairs (one 544-token prompt: 94 vs
+  5.8 ms), where XLA leaves the fused loop on one core
+  (`runs/scratch/attn_model.py`, BUILD_NOTES). Other backends keep the dot.
   """
-  return queries > 1 and jax.default_backend() == "cpu"
+  return (queries > 1 and batch_heads >= SUM_FORM_MIN_BATCH_HEADS
+          and jax.default_backend() == "cpu")
 
 
 @jax.custom_vjp
@@ -117,7 +123,7 @@ def _masked_scores(q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Arra
   b, t, h, e = q.shape
   kv_heads = k.shape[1]
   qg = q.reshape(b, t, kv_heads, h // kv_heads, e)
-  if _reduce_form(t):
+  if _reduce_form(t, b * kv_heads):
     qf = qg.transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, e)  # [B,K,G*T,E]
     scores = _sum_scores(qf.astype(jnp.float32), k.astype(jnp.float32))
     scores = scores.reshape(b, kv_heads, h // kv_heads, t, -1)
@@ -131,7 +137,7 @@ def _masked_scores(q: jax.Array, k: jax.Array, q_pos: jax.Array, k_pos: jax.Arra
 def _weighted_values(probs: jax.Array, v: jax.Array) -> jax.Array:
   """probs [B, K, G, T, S] x v [B, K, S, E] -> [B, T, H, E]."""
   b, kv_heads, g, t, _ = probs.shape
-  if _reduce_form(t):
+  if _reduce_form(t, b * kv_heads):
     out = _sum_values(probs.reshape(b, kv_heads, g * t, -1), v.astype(jnp.float32))
     out = out.reshape(b, kv_heads, g, t, -1).astype(v.dtype).transpose(0, 3, 1, 2, 4)
   else:

@@ -468,9 +468,16 @@ def score_widths(width: int) -> tuple[int, ...]:
   return tuple(unit * (i + 1) for i in range(-(-width // unit)))
 
 
-def questions_per_group(q: int, n: int, group_rows: int = SCORE_GROUP_ROWS) -> int:
-  """The largest divisor of q whose questions hold at most max(n, group_rows) rows."""
-  return max(d for d in range(1, q + 1) if q % d == 0 and d * n <= max(n, group_rows))
+def score_blocks(q: int, n: int, group_rows: int = SCORE_GROUP_ROWS) -> tuple[int, int]:
+  """(questions, rows of each) per block of `score_after_prompts`: about
+  `group_rows` rows. Under that many rows per question, whole questions (the
+  most whose count divides q); else part of one question (the largest divisor
+  of n up to group_rows, or all n rows when that divisor is under a quarter
+  of it: a prime n must not run one row at a time)."""
+  if n < group_rows:
+    return max(d for d in range(1, q + 1) if q % d == 0 and d * n <= group_rows), n
+  rows = max(d for d in range(1, group_rows + 1) if n % d == 0)
+  return 1, rows if 4 * rows >= group_rows else n
 
 
 def score_after_prompts(vcfg, vparams, prompt_state: VerifierState, tokens: jax.Array,
@@ -480,12 +487,15 @@ def score_after_prompts(vcfg, vparams, prompt_state: VerifierState, tokens: jax.
   `prompt_state` [Q] (the prompt's KV stored once with `shared_prefix`, else
   copied per row). tokens [Q * N, W] prompt-major, content [Q * N] real tokens.
 
-  Each solution is scored in one forward pass. Questions go in groups of about
-  `group_rows` rows, longest first, and each group runs at the narrowest of
-  `score_widths(W)` that holds its longest solution: one question's solutions
-  are often alike in length while questions differ, so a group pays little
-  padding where one [Q * N, W] pass would pay the longest question's length
-  for every row (bench_search: 49k positions for 19k tokens at N=64).
+  Each solution is scored in one forward pass, in blocks of about
+  `group_rows` rows (`score_blocks`). Each question's rows are sorted by
+  length and the questions by their longest, so a block holds solutions of
+  similar length, and it runs at the narrowest of `score_widths(W)` that
+  holds its longest. One question's solutions are often alike in length
+  while questions differ: one [Q * N, W] pass would pay the longest
+  question's length for every row (bench_search, best-of-64: 49k positions
+  for 19k tokens). Blocks also bound the prefix attention's temporaries
+  (rows x W queries against the prompt) on long prompts.
   Returns (scores [Q * N, max_steps], mask), equal to `vmodel.step_scores` over
   prompt + solution rows (tested).
   """
@@ -493,28 +503,32 @@ def score_after_prompts(vcfg, vparams, prompt_state: VerifierState, tokens: jax.
   tokens, content = jnp.asarray(tokens), jnp.asarray(content)
   widths = score_widths(width)
   padded = jnp.pad(tokens, ((0, 0), (0, widths[-1] - width)))
-  need = jnp.max(content.reshape(q, n), axis=1)
-  per_group = questions_per_group(q, n, group_rows)
-  order = jnp.argsort(-need, stable=True).reshape(q // per_group, per_group)
-  group_rows_of = lambda questions: (questions[..., None] * n + jnp.arange(n)).reshape(
-      *questions.shape[:-1], -1)
+  per_question = content.reshape(q, n)
+  by_length = jnp.argsort(-per_question, axis=1, stable=True) + (jnp.arange(q) * n)[:, None]
+  questions = jnp.argsort(-jnp.max(per_question, axis=1), stable=True)
+  q_block, r_block = score_blocks(q, n, group_rows)
+  # blocks [num_blocks, q_block]: the questions of each, and rows [num_blocks, q_block * r_block]
+  block_questions = jnp.repeat(questions.reshape(-1, 1, q_block), n // r_block, axis=1)
+  block_rows = by_length[questions].reshape(q // q_block, q_block, n // r_block, r_block)
+  block_rows = block_rows.transpose(0, 2, 1, 3).reshape(-1, q_block * r_block)
+  block_questions = block_questions.reshape(-1, q_block)
 
   def at_width(w: int):
-    def run(questions, group_tokens, group_content):
-      state = vmodel.fan_out_state(prompt_state.gather_rows(questions), n, w, shared_prefix)
-      _, scores = vmodel.extend(vcfg, vparams, state, group_tokens[:, :w], group_content,
+    def run(block_q, block_tokens, block_content):
+      state = vmodel.fan_out_state(prompt_state.gather_rows(block_q), r_block, w, shared_prefix)
+      _, scores = vmodel.extend(vcfg, vparams, state, block_tokens[:, :w], block_content,
                                 suffix_is_empty=shared_prefix)
       return jnp.pad(scores, ((0, 0), (0, widths[-1] - w)))
     return run
 
-  def score_group(_, questions):
-    rows = group_rows_of(questions)
-    fit = jnp.searchsorted(jnp.asarray(widths), jnp.max(need[questions]))
-    return None, jax.lax.switch(fit, [at_width(w) for w in widths], questions, padded[rows],
+  def score_block(_, block):
+    block_q, rows = block
+    fit = jnp.searchsorted(jnp.asarray(widths), jnp.max(content[rows]))
+    return None, jax.lax.switch(fit, [at_width(w) for w in widths], block_q, padded[rows],
                                 content[rows])
 
-  _, parts = jax.lax.scan(score_group, None, order)
-  scores = jnp.zeros(padded.shape, jnp.float32).at[group_rows_of(order).reshape(-1)].set(
+  _, parts = jax.lax.scan(score_block, None, (block_questions, block_rows))
+  scores = jnp.zeros(padded.shape, jnp.float32).at[block_rows.reshape(-1)].set(
       parts.reshape(q * n, -1))[:, :width]
   where = vmodel.step_positions(vcfg, tokens, jnp.zeros_like(content), content)
   return vmodel.compact(scores, where, max_steps)
