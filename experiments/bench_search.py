@@ -48,8 +48,8 @@ on the best-of-N candidates of that n (Q x n solutions, EOS not scored):
                              (`engine.score_candidates`): each question's prompt
                              fed to the verifier once (its KV shared by the N
                              rows), every solution scored in one forward pass,
-                             questions in groups at the narrowest width that
-                             holds the group's longest solution.
+                             in blocks of ~32 rows of similar length, each at
+                             the narrowest width that holds its longest.
   rows_score_tokens_per_sec  one-pass `step_scores` over [B, T] prompt + solution
                              rows padded to the longest (`rows_rescore_speedup`).
   rescore_tokens_per_sec     the peers' per-step prefix re-scoring: for step j,

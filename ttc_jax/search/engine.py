@@ -5,7 +5,8 @@ and the verifier each prefill every prompt once and copy its KV to the prompt's
 N rows. Then either
 
   best-of-N: every row samples a whole solution, and the verifier scores all
-    its tokens in one chunk (step scores read at the step tags); or
+    its tokens in one forward pass, in blocks of rows of similar length
+    (`score_after_prompts`; step scores read at the step tags); or
   step-wise search (beam / lookahead / DVTS): a `lax.while_loop` over rounds.
     Each round every unfinished row samples one step (up to the step
     delimiter), the verifier scores just that step's tokens over its own KV
@@ -204,10 +205,9 @@ def _score_chunks(vcfg, vparams, verifier: VerifierState, tokens: jax.Array,
   SCORE_CHUNK, only as many chunks as the longest row needs: steps are usually
   far shorter than max_step_tokens (arithmetic: <= 14 of 32), and one [R, W]
   chunk paid for every padded position (measured: 0.30 s of a 0.45 s round at
-  512 rows). Chunks also bound the attention temporaries of a whole best-of-N
-  solution (with a shared prefix: R x chunk queries against the prompt, not
-  R x W). tail: once at most this many rows have chunks left, those rows go
-  on alone. Returns (state, prefix score at every fed position [R, W], 0 past
+  512 rows). A step-wise round's steps are fed this way; best-of-N's whole
+  solutions go through `score_after_prompts`. tail: once at most this many
+  rows have chunks left, those rows go on alone. Returns (state, prefix score at every fed position [R, W], 0 past
   content).
   """
   width = tokens.shape[1]
