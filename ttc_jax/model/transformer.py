@@ -61,6 +61,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 SUM_FORM_MIN_BATCH_HEADS = 64
+SUM_FORM_MAX_QUERIES = 128
 
 
 def _reduce_form(queries: int, batch_heads: int) -> bool:
@@ -68,14 +69,15 @@ def _reduce_form(queries: int, batch_heads: int) -> bool:
 
   XLA:CPU runs these batched dots (per row and kv head: queries x head_dim
   by head_dim x keys, tiny matrices) far below its peak. A multiply fused
-  with its sum ran 1.2-2.5x faster there with 2+ queries per row and at
-  least 64 (row, kv head) pairs (chunked scoring, the verifier's solution
-  blocks, prefills of many rows). It was slower with one query (a decode
-  step) and up to 16x slower with few pairs (one 544-token prompt: 94 vs
-  5.8 ms), where XLA leaves the fused loop on one core
-  (`runs/scratch/attn_model.py`, BUILD_NOTES). Other backends keep the dot.
+  with its sum ran 1.2-2.5x faster there with 2 to 128 queries per row and
+  at least 64 (row, kv head) pairs (chunked scoring, the verifier's solution
+  blocks, short prefills of many rows). It was slower with one query (a
+  decode step), 1.6x slower with 368 queries per row, and up to 16x slower
+  with few pairs (one 544-token prompt: 94 vs 5.8 ms), where XLA leaves the
+  fused loop on one core (`runs/scratch/attn_model.py`, BUILD_NOTES). Other
+  backends keep the dot.
   """
-  return (queries > 1 and batch_heads >= SUM_FORM_MIN_BATCH_HEADS
+  return (1 < queries <= SUM_FORM_MAX_QUERIES and batch_heads >= SUM_FORM_MIN_BATCH_HEADS
           and jax.default_backend() == "cpu")
 
 
