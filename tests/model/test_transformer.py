@@ -97,9 +97,9 @@ def test_config_round_trips_through_dict():
 
 @pytest.mark.parametrize("t,heads,kv_heads", [(1, 4, 4), (3, 4, 2), (8, 2, 2)])
 def test_sum_form_attention_and_its_gradients_equal_the_dot_form(monkeypatch, t, heads, kv_heads):
-  """On CPU, attention with 2+ queries per row runs its products as a fused
-  multiply + sum with dot-form gradients (`_reduce_form`); values and
-  gradients must equal the plain dot form."""
+  """On CPU, attention with 2 to 128 queries per row (and >= 64 row-head pairs)
+  runs its products as a fused multiply + sum with dot-form gradients
+  (`_reduce_form`); values and gradients must equal the plain dot form."""
   from ttc_jax.model import transformer
   rng = np.random.default_rng(t)
   b, s, e = transformer.SUM_FORM_MIN_BATCH_HEADS // kv_heads, 7, 8

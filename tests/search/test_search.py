@@ -264,8 +264,8 @@ _round = jax.jit(engine.search_round, static_argnums=(0, 1, 2), static_argnames=
 @pytest.mark.parametrize("shared,group_rows", [(True, 1), (False, 8), (True, 64), (False, 2)])
 def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models, shared,
                                                                         group_rows):
-  """`score_candidates` (each prompt fed once, question groups at fitted widths)
-  gives `step_scores` over the prompt + solution rows."""
+  """`score_candidates` (each prompt fed once, solutions in blocks at fitted
+  widths) gives `step_scores` over the prompt + solution rows."""
   _, vcfg, vparams = models
   n, width, rng = 4, 21, np.random.default_rng(0)
   prompts = np.zeros((len(PROMPTS), 8), np.int32)
