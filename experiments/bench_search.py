@@ -237,8 +237,12 @@ def select_parents_np(score: np.ndarray, candidate: np.ndarray, group: int,
   """numpy twin of the engine's `_select_parents`: the slot each row copies from."""
   s, c = score.reshape(-1, group), candidate.reshape(-1, group)
   order = np.argsort(np.where(c, -s, np.inf), axis=1, kind="stable")
-  parent_rank = np.clip((np.cumsum(c, axis=1) - 1) // width, 0, group - 1)
-  parent = np.where(c, np.take_along_axis(order, parent_rank, axis=1), np.arange(group)[None])
+  slots = np.arange(group)[None]
+  kept = np.take_along_axis(order, np.clip(slots // width, 0, group - 1), axis=1)
+  others = np.argsort(c, axis=1, kind="stable")  # finished beams, in slot order
+  moved = np.take_along_axis(others, np.clip(slots - c.sum(axis=1, keepdims=True), 0, group - 1),
+                             axis=1)
+  parent = np.where(slots < c.sum(axis=1, keepdims=True), kept, moved)
   return (parent + (np.arange(s.shape[0]) * group)[:, None]).reshape(-1)
 
 
@@ -328,6 +332,8 @@ _search_round = jax.jit(engine.search_round,
                         static_argnames=("pcfg", "vcfg", "scfg", "eos_id", "pad_id"),
                         donate_argnames=("s",))
 _keep_going = jax.jit(engine.keep_going, static_argnames=("scfg",))
+_history_need = jax.jit(engine.history_need, static_argnums=0)
+_widen_history = jax.jit(engine.widen_history, static_argnums=1)
 _final_result = jax.jit(engine.final_result, static_argnames=("scfg",))
 _fan_out = jax.jit(fan_out, static_argnums=(1, 2, 3))
 _prefill_prompts = jax.jit(engine._start_prompts,  # pylint: disable=protected-access
@@ -371,7 +377,11 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
   state, row_streams = _init_state(m.pcfg, m.vcfg, scfg, m.pparams, m.vparams,
                                    jnp.asarray(tokens), jnp.asarray(lengths), streams,
                                    capacity=capacity, pad_id=tok.pad_id)
+  widths = engine.history_widths(scfg, tokens.shape[1])
   while bool(_keep_going(scfg, state)):  # the host sync of every round
+    need = int(_history_need(scfg, state))
+    if need > state.cache.history.k[0].shape[2]:  # the engine's next phase, as it widens
+      state = _widen_history(state, next((w for w in widths if w >= need), widths[-1]))
     state = _search_round(m.pcfg, m.vcfg, scfg, m.pparams, m.vparams, state, row_streams,
                           seed_arr, stops, eos_id=tok.eos_id, pad_id=tok.pad_id)
   result = jax.device_get(_final_result(scfg, state))

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import tiny_config
 from ttc_jax.decode import Greedy, Temperature, generate
 from ttc_jax.model import init_params
-from ttc_jax.search import SearchConfig, engine, search, search_capacity
+from ttc_jax.search import SearchConfig, engine, search
 from ttc_jax.search.api import _engine_args, prepare_prompts
 from ttc_jax.search.selection import answer_ids, select
 from ttc_jax.verifier import VerifierConfig, init_verifier, step_scores
@@ -192,25 +192,27 @@ def test_shared_prefix_equals_replicated_prompt_kv(models, method, extra):
 
 def test_round_widths_are_the_capacity_and_its_halvings():
   assert engine.round_widths(160, 3) == (48, 80, 160)
-  assert engine.round_widths(136, 3) == (48, 80, 136)
-  assert engine.round_widths(120, 3) == (120,)  # too small to narrow
+  assert engine.round_widths(112, 3) == (32, 64, 112)
+  assert engine.round_widths(48, 3) == (48,)  # too small to narrow
   assert engine.round_widths(160, 1) == (160,)
 
 
 @pytest.mark.parametrize("method,extra", [("lookahead", {"k": 1})])  # beam's round and rollouts
 def test_rounds_over_narrow_caches_equal_whole_capacity_rounds(models, method, extra):
-  """A round run over the narrowest cache that fits (here 3 widths) changes nothing."""
-  kw = dict(method=method, n=4, m=2, max_rounds=6, max_solution_tokens=112, **extra)
+  """Rounds run in phases over histories just wide enough (here 3 widths):
+  nothing changes."""
+  kw = dict(method=method, n=4, m=2, max_rounds=6, max_solution_tokens=96, **extra)
   scfg = SearchConfig(**{**LIMITS, **kw})
-  suffix = search_capacity(8, scfg, None) - 8
-  assert len(engine.round_widths(suffix, scfg.round_widths)) == 3
+  widths = engine.history_widths(scfg, 8)
+  assert len(widths) == 3
   narrow = _search(models, **kw)
   whole = _search(models, round_widths=1, **kw)
   np.testing.assert_array_equal(narrow.tokens, whole.tokens)
   np.testing.assert_allclose(narrow.step_scores, whole.step_scores, rtol=1e-5, atol=1e-6)
   for field in ("policy_tokens", "verifier_tokens", "rounds"):
     np.testing.assert_array_equal(getattr(narrow.budget, field), getattr(whole.budget, field))
-  assert narrow.lengths.max() > 39  # some round ran wider than 48 slots (39 + 9 written)
+  # the last phase ran: some history grew past the middle width minus a step
+  assert narrow.lengths.max() > widths[1] - scfg.max_step_tokens
 
 
 @pytest.mark.parametrize("method,extra", [("lookahead", {"k": 1})])  # beam's round and rollouts
@@ -308,3 +310,21 @@ def test_score_blocks_divide_and_bound_rows():
   assert engine.score_blocks(8, 256, 32) == (1, 32)  # a question in 8 blocks
   assert engine.score_blocks(2, 48, 32) == (1, 24)
   assert engine.score_blocks(2, 37, 32) == (1, 37)  # a prime n: not one row at a time
+
+def test_selection_gives_each_block_one_parent_and_moves_finished_beams_last():
+  """Blocks of M slots hold one parent's children (they share its history);
+  finished beams keep their candidates but move to the group's last slots."""
+  score = jnp.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4])
+  candidate = jnp.array([True, False, True, True, False, True, True, True])
+  parents = engine._select_parents(score, candidate, 8, 2)
+  # 6 candidates ranked 6, 2, 7, 3, 5, 0: the top 3 fill two slots each
+  assert parents.tolist() == [6, 6, 2, 2, 7, 7, 1, 4]
+  first, keep = engine._block_parents(parents, candidate, 2)
+  assert first.tolist() == [6, 2, 7, 1] and keep.tolist() == [True, True, True, False]
+  candidate = candidate.at[0].set(False)  # 5 candidates: the third parent gets one slot
+  parents = engine._select_parents(score, candidate, 8, 2)
+  assert parents.tolist() == [6, 6, 2, 2, 7, 0, 1, 4]
+  assert engine._block_parents(parents, candidate, 2)[1].tolist() == [True, True, True, False]
+  # two groups (DVTS subtrees of 4): each keeps its best, finished slots last
+  parents = engine._select_parents(score, candidate, 4, 4)
+  assert parents.tolist() == [2, 2, 0, 1, 6, 6, 6, 4]

@@ -166,6 +166,13 @@ def prefix_attention(q: jax.Array, prefix: SharedPrefix, layer: int,
   """
   b, t, h, e = q.shape
   n, kh = prefix.group, prefix.k[layer].shape[1]
+  if impl == "xla":  # the group's N*T queries as one row of the causal path, all keys visible
+    keys = prefix.k[layer].astype(q.dtype)
+    q_pos = jnp.broadcast_to(prefix.lengths[:, None] - 1, (b // n, n * t))
+    k_pos = jnp.broadcast_to(jnp.arange(keys.shape[2], dtype=jnp.int32), keys.shape[::2][:2])
+    out, lse = attention_partial(q.reshape(b // n, n * t, h, e), keys,
+                                 prefix.v[layer].astype(q.dtype), q_pos, k_pos)
+    return out.reshape(b, t, h, e), lse.reshape(b, t, h)
   packed = pack_queries(q.reshape(b // n, n * t, h, e), kh)  # [Q, K, N*T*G, E]
   out, lse = multi_query_attention(packed, prefix.k[layer].astype(q.dtype),
                                    prefix.v[layer].astype(q.dtype), prefix.lengths, impl=impl)
@@ -208,13 +215,19 @@ def _cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, position
     out, lse = _ragged_decode(q, keys, values, positions[:, 0] + 1 - offsets, kernel_impl)
   else:
     k_pos = offsets[:, None] + jnp.arange(keys.shape[2], dtype=jnp.int32)[None, :]
-    if cache.prefix is None:
+    if not cache.shared_levels:
       return attention(q, keys, values, positions, k_pos)
     out, lse = attention_partial(q, keys, values, positions, k_pos)
-  if cache.prefix is None:
-    return out
-  pre_out, pre_lse = prefix_attention(q, cache.prefix, layer, kernel_impl or "xla")
-  return merge_partials(out, lse, pre_out, pre_lse)[0]
+  return _merge_shared_levels(q, out, lse, cache, layer, kernel_impl or "xla")
+
+
+def _merge_shared_levels(q: jax.Array, out: jax.Array, lse: jax.Array, cache: KVCache, layer: int,
+                         impl: str) -> jax.Array:
+  """A rows' own attention partial merged with the cache's shared levels (the
+  prompt, a beam's history), each read once per group of rows."""
+  for level in cache.shared_levels:
+    out, lse = merge_partials(out, lse, *prefix_attention(q, level, layer, impl))
+  return out
 
 
 def _mlp(cfg: ModelConfig, layer: dict, x: jax.Array) -> jax.Array:
@@ -290,13 +303,12 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
       slots = positions[:, 0] - cache.offsets
       new_k.append(write_rows(cache.k[i], k, slots))
       new_v.append(write_rows(cache.v[i], v, slots))
-    if cache is None or cache_is_empty and cache.prefix is None:
+    if cache is None or cache_is_empty and not cache.shared_levels:
       attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos)
-    elif cache_is_empty:  # the new tokens follow a shared prefix: merge the two partials
+    elif cache_is_empty:  # the new tokens follow shared levels: merge the partials
       out, lse = attention_partial(q, keys.astype(q.dtype), values.astype(q.dtype), positions,
                                    k_pos)
-      pre_out, pre_lse = prefix_attention(q, cache.prefix, i, "xla")
-      attn = merge_partials(out, lse, pre_out, pre_lse)[0]
+      attn = _merge_shared_levels(q, out, lse, cache, i, "xla")
     else:
       attn = _cached_attention(q, new_k[-1].astype(q.dtype), new_v[-1].astype(q.dtype),
                                positions, cache, i, kernel_impl)
@@ -306,7 +318,7 @@ def forward_hidden(cfg: ModelConfig, params: dict, tokens: jax.Array,
     x = x + _dropout(_mlp(cfg, layer, h), dropout_rng, 2 * i + 1, dropout_rate)
   x = rms_norm(x, params["final_norm"], cfg.norm_eps, cfg.norm_plus_one)
   if cache is not None:
-    cache = KVCache(new_k, new_v, positions[:, -1] + 1, cache.prefix)
+    cache = KVCache(new_k, new_v, positions[:, -1] + 1, cache.prefix, cache.history)
   return x, cache
 
 

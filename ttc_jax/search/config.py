@@ -27,10 +27,11 @@ class SearchConfig:
     rollouts are always greedy (temperature 0), as in the paper.
   shared_prefix: the N rows of a prompt attend to its KV stored once (True) or
     to a copy each (False; the replicated baseline, same results).
-  round_widths: how many cache widths a step-wise round may run at (the
-    capacity and its halvings, `engine.round_widths`): early rounds then skip
-    attention over empty slots; each width compiles the round once more.
-    1: every round over the whole capacity (same results).
+  round_widths: how many beam-history widths a step-wise search runs its
+    rounds at, in phases (the capacity and its halvings,
+    `engine.history_widths`): early rounds then skip attention over empty
+    slots; each width compiles the round once more. 1: every round over the
+    whole capacity (same results).
   tail_fraction: once at most R / tail_fraction of the R rows are still
     sampling (or still have tokens to score), they go on alone in a batch
     that size (`engine.tail_rows`): rows whose step or solution ended, and

@@ -1,8 +1,9 @@
 """On-device search over a batch of prompts: one jitted call per search.
 
 Rows are (prompt, slot) pairs, R = Q * N, laid out prompt-major. The policy
-and the verifier each prefill every prompt once and copy its KV to the prompt's
-N rows. Then either
+and the verifier each prefill every prompt once; its KV is stored once for
+the prompt's N rows (or copied, `SearchConfig.shared_prefix=False`). Then
+either
 
   best-of-N: every row samples a whole solution, and the verifier scores all
     its tokens in one forward pass, in blocks of rows of similar length
@@ -14,17 +15,29 @@ N rows. Then either
     score there (then rewinds both caches: only lengths move, nothing is
     copied), and each group of slots (the prompt for beam, a subtree for DVTS)
     keeps its best unfinished prefixes and refills its unfinished slots with
-    their copies (a gather on the row axis).
+    their copies.
 
-Work shrinks with what is left: a round runs over caches only as wide as its
-rows can reach (`round_widths`), and the last rows still decoding or being
-scored finish in a batch of R / tail_fraction rows (`tail_rows`).
+Beam caches have three levels (`ttc_jax.model.cache.fan_out_beams`): the
+prompt, stored once per prompt; a *history* per block of M consecutive rows
+(the steps the block's beams inherited from their common parent, stored
+once for the M of them); and each row's own suffix, which holds only the
+step being sampled (and lookahead rollouts). Selection puts a parent's M
+children in one block, so committing a round (`commit_to_history`) copies
+one history per block, parent history + parent step, and empties the
+suffixes: no row-wise cache gather, and attention reads each inherited step
+once per block instead of once per row.
+
+Work shrinks with what is left: rounds run in phases over histories only as
+wide as they are filled (`history_widths`), and the last rows still
+decoding or being scored finish in a batch of R / tail_fraction rows
+(`tail_rows`).
 
 Budget rule (exactly N candidates, never more than N rows sampling a step):
-finished rows keep their slot and are not expanded; the A unfinished slots of
-a group are refilled by its top ceil(A / M) prefixes, M copies each in rank
-order (the last one fewer when M does not divide A). With no finished rows
-this is the paper's "keep N/M, expand each by M".
+finished rows are not expanded and move to the group's last slots; the A
+unfinished slots (the group's first A) are refilled by its top ceil(A / M)
+prefixes, M copies each in rank order (the last one fewer when M does not
+divide A). With no finished rows this is the paper's "keep N/M, expand each
+by M".
 
 Randomness: a row's uniforms come from (round seed, stream, position) with
 stream = prompt_stream * N + slot, so a prompt searched alone or in a batch
@@ -43,7 +56,7 @@ from ttc_jax.decode.generate import round_up
 from ttc_jax.decode.loop import decode, default_tail_rows, prefill, tail_sizes
 from ttc_jax.decode.samplers import Greedy
 from ttc_jax.model import ModelConfig, init_cache
-from ttc_jax.model.cache import fan_out
+from ttc_jax.model.cache import commit_to_history, fan_out, fan_out_beams
 from ttc_jax.search.config import SearchConfig
 from ttc_jax.verifier import model as vmodel
 from ttc_jax.verifier.model import VerifierConfig, VerifierState
@@ -108,12 +121,15 @@ class _State:
   prompt_rounds: jax.Array  # [R] rounds the row's prompt had an unfinished row (not gathered)
   round: jax.Array  # []
 
-  def gather_rows(self, index: jax.Array) -> "_State":
-    take = lambda x: jnp.take(x, index, axis=0)
-    return _State(self.cache.gather_rows(index), take(self.next_logits),
-                  self.verifier.gather_rows(index), take(self.tokens), take(self.lengths),
-                  take(self.step_scores), take(self.num_steps), take(self.finished),
-                  take(self.ended_eos), self.counters, self.prompt_rounds, self.round)
+  def inherit(self, parents: jax.Array, block_parents: jax.Array, keep: jax.Array) -> "_State":
+    """Each row takes its parent's prefix (`_select_parents`); both caches move
+    only their blocks' histories (`commit_to_history`)."""
+    take = lambda x: jnp.take(x, parents, axis=0)
+    return _State(commit_to_history(self.cache, block_parents, keep), take(self.next_logits),
+                  self.verifier.commit(parents, block_parents, keep), take(self.tokens),
+                  take(self.lengths), take(self.step_scores), take(self.num_steps),
+                  take(self.finished), take(self.ended_eos), self.counters, self.prompt_rounds,
+                  self.round)
 
 
 def _append(buffer: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
@@ -144,16 +160,28 @@ def _start_prompts(pcfg: ModelConfig, vcfg: VerifierConfig, pparams, vparams, pr
   return next_logits, cache, vmodel.start(vcfg, vparams, prompts, prompt_lengths, width)
 
 
+def beam_widths(scfg: SearchConfig, prompt_width: int) -> tuple[int, int]:
+  """(suffix slots per row, history slots per block of M rows) of a step-wise
+  search's caches. A row's suffix holds the round's step, its lookahead
+  rollouts and the decode scratch slot; a history holds the solution so far
+  (and the prompt, unless it is shared)."""
+  suffix = round_up(scfg.max_step_tokens * (scfg.k + 1) + 1, 8)
+  prompt = 0 if scfg.shared_prefix else prompt_width
+  return suffix, round_up(prompt + scfg.max_solution_tokens, 16)
+
+
 def _start(pcfg: ModelConfig, vcfg: VerifierConfig, scfg: SearchConfig, pparams, vparams,
-           prompts, prompt_lengths, capacity: int):
-  """`_start_prompts`, then fan out to the N rows: the prompt's KV shared (stored
-  once, `scfg.shared_prefix`) or copied per row."""
+           prompts, prompt_lengths):
+  """`_start_prompts`, then fan out to the N beams of each prompt: the prompt's
+  KV stored once (`scfg.shared_prefix`) or copied to each block's history
+  (its narrowest width: `widen_history` grows it)."""
   next_logits, cache, vstate = _start_prompts(pcfg, vcfg, pparams, vparams, prompts,
                                               prompt_lengths)
   rows = jnp.repeat(jnp.arange(prompts.shape[0]), scfg.n)
-  suffix, shared = capacity - prompts.shape[1], scfg.shared_prefix
-  return (fan_out(cache, scfg.n, suffix, shared), next_logits[rows],
-          vmodel.fan_out_state(vstate, scfg.n, suffix, shared))
+  suffix = beam_widths(scfg, prompts.shape[1])[0]
+  fan = (scfg.n, scfg.m, suffix, history_widths(scfg, prompts.shape[1])[0], scfg.shared_prefix)
+  return (fan_out_beams(cache, *fan), next_logits[rows],
+          vmodel.fan_out_beams_state(vstate, *fan))
 
 
 @jax.tree_util.register_dataclass
@@ -167,7 +195,7 @@ class _Step:
   verifier: VerifierState
 
 
-MIN_NARROW_CAPACITY = 128
+MIN_NARROW_CAPACITY = 64
 
 
 def tail_rows(scfg: SearchConfig, rows: int) -> int | None:
@@ -283,28 +311,41 @@ def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams,
 def _select_parents(score: jax.Array, candidate: jax.Array, group: int, width: int) -> jax.Array:
   """Row index [R] each slot copies from: candidates refilled by the top prefixes.
 
-  score, candidate [R]; groups of `group` consecutive slots compete; each kept
-  prefix fills `width` slots (rank order). Non-candidates keep themselves.
+  score, candidate [R]; groups of `group` consecutive slots compete. With A
+  candidates in a group, its first A slots are refilled by the top
+  ceil(A / width) prefixes, `width` slots each in rank order (the last one
+  fewer when width does not divide A); the non-candidates (finished beams)
+  move, in order, to the group's last slots. So every block of `width`
+  slots holds the children of one parent, which then share its history.
   """
   r = score.shape[0]
   score_g = score.reshape(-1, group)
   cand_g = candidate.reshape(-1, group)
   order = jnp.argsort(jnp.where(cand_g, -score_g, jnp.inf), axis=1, stable=True)
-  cand_index = jnp.cumsum(cand_g, axis=1) - 1  # j-th candidate slot (slot order)
-  parent_rank = jnp.clip(cand_index // width, 0, group - 1)
-  parent = jnp.take_along_axis(order, parent_rank, axis=1)
+  count = jnp.sum(cand_g, axis=1, keepdims=True)
   slots = jnp.arange(group)[None, :]
-  parent = jnp.where(cand_g, parent, slots)
+  parent = jnp.take_along_axis(order, jnp.clip(slots // width, 0, group - 1), axis=1)
+  others = jnp.argsort(cand_g, axis=1, stable=True)  # non-candidates first, in slot order
+  moved = jnp.take_along_axis(others, jnp.clip(slots - count, 0, group - 1), axis=1)
+  parent = jnp.where(slots < count, parent, moved)
   base = (jnp.arange(r // group) * group)[:, None]
   return (base + parent).reshape(r)
+
+
+def _block_parents(parents: jax.Array, candidate: jax.Array, width: int):
+  """(parent row [R / width], whether it continues [R / width]) of each block of
+  `width` slots, from `_select_parents`' output and the candidates it ranked."""
+  first = parents[::width]
+  return first, jnp.take(candidate, first)
 
 
 def init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, prompt_streams, *,
                capacity: int, pad_id: int) -> tuple[_State, jax.Array]:
   """The step-wise search state before round 1, and the row streams [R]."""
+  del capacity  # step-wise caches are sized by `beam_widths`
   n, r = scfg.n, prompts.shape[0] * scfg.n
   cache, next_logits, verifier = _start(pcfg, vcfg, scfg, pparams, vparams, prompts,
-                                        prompt_lengths, capacity)
+                                        prompt_lengths)
   width = scfg.max_solution_tokens + scfg.max_step_tokens
   state = _State(cache, next_logits, verifier, jnp.full((r, width), pad_id, jnp.int32),
                  jnp.zeros((r,), jnp.int32), jnp.zeros((r, scfg.max_steps), jnp.float32),
@@ -320,31 +361,22 @@ def _row_streams(prompt_streams: jax.Array, n: int) -> jax.Array:
 
 def search_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, streams, seed, stop_tokens, *,
                  eos_id: int, pad_id: int) -> _State:
-  """One round (see `_round`), run over caches only as wide as this round can reach.
-
-  Attention reads every cache slot, filled or not, and early rounds fill few:
-  the round runs at the narrowest of `round_widths` that holds every row's
-  filled slots plus what the round may write (a step, lookahead rollouts, the
-  decode scratch slot). The narrow caches are copied out once and written back
-  once per round; slots past the width are beyond every row's length (masked).
-  """
-  round_fn = functools.partial(_round, pcfg, vcfg, scfg, pparams, vparams, streams=streams,
-                               seed=seed, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id)
-  widths = round_widths(s.cache.capacity, scfg.round_widths)
-  if len(widths) == 1:
-    return round_fn(s)
-  writes = scfg.max_step_tokens * (scfg.k + 1) + 1
-  need = jnp.maximum(_filled_slots(s.cache), _filled_slots(s.verifier.cache)) + writes
-  index = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), need), len(widths) - 1)
-  return jax.lax.switch(index, [functools.partial(_round_at_width, round_fn, w) for w in widths],
-                        s)
+  """One round: sample and score a step per unfinished row (`_sample_round`),
+  then select and commit. The histories must have room for the commit
+  (`history_need(s)` <= their width)."""
+  sampled, rank_score = _sample_round(pcfg, vcfg, scfg, pparams, vparams, s, streams=streams,
+                                      seed=seed, stop_tokens=stop_tokens, eos_id=eos_id,
+                                      pad_id=pad_id)
+  candidate = ~sampled.finished
+  parents = _select_parents(rank_score, candidate, scfg.group_size, scfg.m)
+  return sampled.inherit(parents, *_block_parents(parents, candidate, scfg.m))
 
 
 def round_widths(capacity: int, levels: int) -> tuple[int, ...]:
-  """Cache widths a search round may run at, ascending: `capacity` and its
-  first levels - 1 halvings rounded up to 16 slots (no narrower than 32).
-  Caches under MIN_NARROW_CAPACITY slots keep one width: too little to skip
-  for another compile of the round."""
+  """History widths the rounds run at, ascending: `capacity` and its first
+  levels - 1 halvings rounded up to 16 slots (no narrower than 32).
+  Histories under MIN_NARROW_CAPACITY slots keep one width: too little to
+  skip for another compile of the round."""
   widths = {capacity}
   if capacity < MIN_NARROW_CAPACITY:
     return (capacity,)
@@ -355,33 +387,29 @@ def round_widths(capacity: int, levels: int) -> tuple[int, ...]:
   return tuple(sorted(widths))
 
 
-def _filled_slots(cache) -> jax.Array:
-  """[] the most slots any row of `cache` has filled."""
-  return jnp.max(cache.lengths - cache.offsets)
+def history_widths(scfg: SearchConfig, prompt_width: int) -> tuple[int, ...]:
+  """The history widths a step-wise search runs its rounds at, ascending."""
+  return round_widths(beam_widths(scfg, prompt_width)[1], scfg.round_widths)
 
 
-def _round_at_width(round_fn, width: int, s: _State) -> _State:
-  narrow = _with_caches(s, s.cache.resize(width), s.verifier.cache.resize(width))
-  out = round_fn(narrow)
-  return _with_caches(out, _write_back(s.cache, out.cache), _write_back(s.verifier.cache,
-                                                                         out.verifier.cache))
+def history_need(scfg: SearchConfig, s: _State) -> jax.Array:
+  """[] history slots the next round may need: the longest history plus the
+  step it commits (lookahead rollouts are not committed)."""
+  longest = jnp.maximum(jnp.max(s.cache.history.lengths), jnp.max(s.verifier.cache.history.lengths))
+  return longest + scfg.max_step_tokens
 
 
-def _with_caches(s: _State, policy_cache, verifier_cache) -> _State:
-  return dataclasses.replace(s, cache=policy_cache,
-                             verifier=dataclasses.replace(s.verifier, cache=verifier_cache))
+def widen_history(s: _State, width: int) -> _State:
+  """Both caches' histories with `width` slots (zero-padded; a copy)."""
+  widen = lambda cache: cache.replace(history=cache.history.resized(width))
+  return dataclasses.replace(s, cache=widen(s.cache), verifier=dataclasses.replace(
+      s.verifier, cache=widen(s.verifier.cache)))
 
 
-def _write_back(full, narrow):
-  """`narrow`'s slots written over the first slots of `full` (same rows, in place)."""
-  put = lambda f, n: jax.lax.dynamic_update_slice(f, n, (0, 0, 0, 0))
-  return narrow.replace(k=[put(f, n) for f, n in zip(full.k, narrow.k)],
-                        v=[put(f, n) for f, n in zip(full.v, narrow.v)])
-
-
-def _round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, seed, stop_tokens,
-           eos_id: int, pad_id: int) -> _State:
-  """One round: sample a step per unfinished row, score it, (look ahead,) select."""
+def _sample_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, seed, stop_tokens,
+                  eos_id: int, pad_id: int) -> tuple[_State, jax.Array]:
+  """Every unfinished row samples a step and the verifier scores it (and looks
+  ahead) -> (state, the score each row is ranked by [R])."""
   r = streams.shape[0]
   active = ~s.finished
   d, content, ended, counters = _step_and_score(
@@ -401,15 +429,13 @@ def _round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, seed, stop
   s = _State(d.cache, d.next_logits, verifier, _append(s.tokens, d.tokens, s.lengths), lengths,
              step_scores, num_steps, finished, s.ended_eos | ended, counters,
              s.prompt_rounds + searching, s.round + 1)
-  rank_score = verifier.score
-  if scfg.k:
-    rank_score, counters, p_cache, v_cache = _lookahead_scores(
-        pcfg, vcfg, scfg, pparams, vparams, s, streams=streams, stop_tokens=stop_tokens,
-        eos_id=eos_id, pad_id=pad_id, max_solution=scfg.max_solution_tokens)
-    s = dataclasses.replace(s, cache=p_cache, counters=counters,
-                            verifier=dataclasses.replace(s.verifier, cache=v_cache))
-  parents = _select_parents(rank_score, ~s.finished, scfg.group_size, scfg.m)
-  return s.gather_rows(parents)
+  if not scfg.k:
+    return s, verifier.score
+  rank_score, counters, p_cache, v_cache = _lookahead_scores(
+      pcfg, vcfg, scfg, pparams, vparams, s, streams=streams, stop_tokens=stop_tokens,
+      eos_id=eos_id, pad_id=pad_id, max_solution=scfg.max_solution_tokens)
+  return dataclasses.replace(s, cache=p_cache, counters=counters,
+                             verifier=dataclasses.replace(s.verifier, cache=v_cache)), rank_score
 
 
 def keep_going(scfg: SearchConfig, s: _State) -> jax.Array:
@@ -423,11 +449,19 @@ def final_result(scfg: SearchConfig, s: _State) -> SearchResult:
 
 def _stepwise(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
               *, capacity, stop_tokens, eos_id, pad_id) -> SearchResult:
+  """Rounds in phases of growing history width (`history_widths`): attention
+  reads every history slot, filled or not, and early rounds fill few. A
+  phase's rounds run while their commits fit its width; the histories are
+  widened (copied) once between phases."""
   state, streams = init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths,
                               prompt_streams, capacity=capacity, pad_id=pad_id)
   body = lambda s: search_round(pcfg, vcfg, scfg, pparams, vparams, s, streams, seed,
                                 stop_tokens, eos_id=eos_id, pad_id=pad_id)
-  state = jax.lax.while_loop(functools.partial(keep_going, scfg), body, state)
+  widths = history_widths(scfg, prompts.shape[1])
+  for width in widths:
+    state = widen_history(state, width)
+    fits = lambda s, width=width: width == widths[-1] or history_need(scfg, s) <= width
+    state = jax.lax.while_loop(lambda s, fits=fits: keep_going(scfg, s) & fits(s), body, state)
   return final_result(scfg, state)
 
 

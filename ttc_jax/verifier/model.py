@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from kernels import backend as kernel_backend
 from kernels.step_score_aggregate import step_score_aggregate
 from ttc_jax.model import KVCache, ModelConfig, forward_hidden, init_cache, init_params
-from ttc_jax.model.cache import fan_out
+from ttc_jax.model.cache import commit_to_history, fan_out, fan_out_beams
 from ttc_jax.model.transformer import unembed
 
 HEADS = ("value", "token", "good_token", "class_softmax")
@@ -270,6 +270,14 @@ class VerifierState:
     return VerifierState(self.cache.gather_rows(index), take(self.last_hidden),
                          take(self.log_prefix), take(self.score))
 
+  def commit(self, parents: jax.Array, block_parents: jax.Array, keep: jax.Array
+             ) -> "VerifierState":
+    """Rows take their parent's state [R]; the beam history follows the
+    blocks' parents (`ttc_jax.model.cache.commit_to_history`)."""
+    take = lambda x: jnp.take(x, parents, axis=0)
+    return VerifierState(commit_to_history(self.cache, block_parents, keep),
+                         take(self.last_hidden), take(self.log_prefix), take(self.score))
+
   def take_rows(self, index: jax.Array) -> "VerifierState":
     """Rows `index` from any prompts (`KVCache.take_rows`)."""
     take = lambda x: jnp.take(x, index, axis=0)
@@ -286,10 +294,21 @@ class VerifierState:
 def fan_out_state(state: VerifierState, n: int, suffix_capacity: int,
                   shared: bool) -> VerifierState:
   """A state over Q prompts -> over their Q * N rows (`ttc_jax.model.cache.fan_out`)."""
+  return _fanned(state, fan_out(state.cache, n, suffix_capacity, shared), n)
+
+
+def _fanned(state: VerifierState, cache: KVCache, n: int) -> VerifierState:
+  """`state`'s per-prompt fields repeated for each prompt's N rows, with `cache`."""
   rows = jnp.repeat(jnp.arange(state.cache.batch_size), n)
   take = lambda x: jnp.take(x, rows, axis=0)
-  return VerifierState(fan_out(state.cache, n, suffix_capacity, shared), take(state.last_hidden),
-                       take(state.log_prefix), take(state.score))
+  return VerifierState(cache, take(state.last_hidden), take(state.log_prefix), take(state.score))
+
+
+def fan_out_beams_state(state: VerifierState, n: int, m: int, suffix_capacity: int,
+                        history_capacity: int, shared: bool) -> VerifierState:
+  """A state over Q prompts -> over Q * N beams (`ttc_jax.model.cache.fan_out_beams`)."""
+  return _fanned(state, fan_out_beams(state.cache, n, m, suffix_capacity, history_capacity,
+                                      shared), n)
 
 
 def start(vcfg: VerifierConfig, params: dict, prompts: jax.Array, prompt_lengths: jax.Array,
