@@ -326,8 +326,7 @@ def host_loop_best_of_n(m: Models, prompts: list[list[int]], scfg: SearchConfig,
 # ----------------------------------------------------------------------------- baseline (b)
 
 
-_init_state = jax.jit(engine.init_state,
-                      static_argnames=("pcfg", "vcfg", "scfg", "capacity", "pad_id"))
+_init_state = jax.jit(engine.init_state, static_argnames=("pcfg", "vcfg", "scfg", "pad_id"))
 _search_round = jax.jit(engine.search_round,
                         static_argnames=("pcfg", "vcfg", "scfg", "eos_id", "pad_id"),
                         donate_argnames=("s",))
@@ -376,7 +375,7 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
     return np.asarray(d.tokens).reshape(q, scfg.n, -1), 0
   state, row_streams = _init_state(m.pcfg, m.vcfg, scfg, m.pparams, m.vparams,
                                    jnp.asarray(tokens), jnp.asarray(lengths), streams,
-                                   capacity=capacity, pad_id=tok.pad_id)
+                                   pad_id=tok.pad_id)
   widths = engine.history_widths(scfg, tokens.shape[1])
   while bool(_keep_going(scfg, state)):  # the host sync of every round
     need = int(_history_need(scfg, state))

@@ -226,11 +226,10 @@ def test_round_with_few_active_rows_runs_them_alone_with_the_same_result(models,
     scfg = SearchConfig(**{**LIMITS, "tail_fraction": fraction, "method": method, "n": 16,
                            "m": 4, **extra})
     assert engine.tail_rows(scfg, 64) == (None if fraction == 0 else 8)
-    tokens, lengths, capacity = prepare_prompts(CFG, vcfg, PROMPTS, scfg, 0, 8)
+    tokens, lengths, _ = prepare_prompts(CFG, vcfg, PROMPTS, scfg, 0, 8)
     pcfg, vcfg_, _, pp, vp, ptok, plen, seed, pstreams, stops = _engine_args(
         CFG, vcfg, scfg, policy, vparams, tokens, lengths, 0, np.arange(4), EOS)
-    state, streams = _init_state(pcfg, vcfg_, scfg, pp, vp, ptok, plen, pstreams,
-                                 capacity=capacity, pad_id=0)
+    state, streams = _init_state(pcfg, vcfg_, scfg, pp, vp, ptok, plen, pstreams, pad_id=0)
     run = lambda s: _round(pcfg, vcfg_, scfg, pp, vp, s, streams, seed, stops, eos_id=EOS,
                            pad_id=0)
     state = run(state)  # every row takes a first step (tail or not)
@@ -258,8 +257,7 @@ def test_search_with_tails_equals_search_without(models, method, extra):
     np.testing.assert_array_equal(getattr(tail.budget, field), getattr(whole.budget, field))
 
 
-_init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2),
-                      static_argnames=("capacity", "pad_id"))
+_init_state = jax.jit(engine.init_state, static_argnums=(0, 1, 2), static_argnames=("pad_id",))
 _round = jax.jit(engine.search_round, static_argnums=(0, 1, 2), static_argnames=("eos_id", "pad_id"))
 
 

@@ -340,9 +340,9 @@ def _block_parents(parents: jax.Array, candidate: jax.Array, width: int):
 
 
 def init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, prompt_streams, *,
-               capacity: int, pad_id: int) -> tuple[_State, jax.Array]:
-  """The step-wise search state before round 1, and the row streams [R]."""
-  del capacity  # step-wise caches are sized by `beam_widths`
+               pad_id: int) -> tuple[_State, jax.Array]:
+  """The step-wise search state before round 1 (caches sized by `beam_widths`),
+  and the row streams [R]."""
   n, r = scfg.n, prompts.shape[0] * scfg.n
   cache, next_logits, verifier = _start(pcfg, vcfg, scfg, pparams, vparams, prompts,
                                         prompt_lengths)
@@ -454,7 +454,8 @@ def _stepwise(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed,
   phase's rounds run while their commits fit its width; the histories are
   widened (copied) once between phases."""
   state, streams = init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths,
-                              prompt_streams, capacity=capacity, pad_id=pad_id)
+                              prompt_streams, pad_id=pad_id)
+  del capacity  # best-of-N's; step-wise caches are sized by `beam_widths`
   body = lambda s: search_round(pcfg, vcfg, scfg, pparams, vparams, s, streams, seed,
                                 stop_tokens, eos_id=eos_id, pad_id=pad_id)
   widths = history_widths(scfg, prompts.shape[1])
