@@ -102,10 +102,10 @@ class KVCache:
                    self.history)
 
   def gather_rows(self, index: jax.Array) -> "KVCache":
-    """Rows reordered/duplicated by `index` [B'] (beam reordering, sample fan-out).
+    """Rows reordered/duplicated by `index` [B'] (sample fan-out, scoring blocks).
 
     With a shared prefix only the suffixes move: `index` must keep every row
-    within its own prompt's group (as beam / DVTS parent selection does).
+    within its own prompt's group.
     A beam history cannot follow a row alone: use `commit_to_history`.
     """
     if self.history is not None:
