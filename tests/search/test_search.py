@@ -197,6 +197,19 @@ def test_round_widths_are_the_capacity_and_its_halvings():
   assert engine.round_widths(160, 1) == (160,)
 
 
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_suffix_holds_the_rollouts_and_a_whole_last_score_chunk(k):
+  """A row's suffix takes k rollout steps, then one more step: its decode
+  writes step + 1 slots, its scoring whole SCORE_CHUNK chunks. A write past
+  the suffix would be clamped back over real keys (dynamic_update_slice)."""
+  for step in range(1, 41):
+    scfg = SearchConfig("lookahead", n=4, m=2, k=k, max_step_tokens=step)
+    suffix, _ = engine.beam_widths(scfg, prompt_width=16)
+    chunks = -(-step // engine.SCORE_CHUNK) * engine.SCORE_CHUNK
+    assert suffix >= step * k + max(step + 1, chunks), (step, k, suffix)
+    assert suffix % 8 == 0
+
+
 @pytest.mark.parametrize("method,extra", [("lookahead", {"k": 1})])  # beam's round and rollouts
 def test_rounds_over_narrow_caches_equal_whole_capacity_rounds(models, method, extra):
   """Rounds run in phases over histories just wide enough (here 3 widths):

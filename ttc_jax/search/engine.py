@@ -165,7 +165,10 @@ def beam_widths(scfg: SearchConfig, prompt_width: int) -> tuple[int, int]:
   search's caches. A row's suffix holds the round's step, its lookahead
   rollouts and the decode scratch slot; a history holds the solution so far
   (and the prompt, unless it is shared)."""
-  suffix = round_up(scfg.max_step_tokens * (scfg.k + 1) + 1, 8)
+  step = scfg.max_step_tokens
+  # after the k rollout steps before it, a step's decode writes step + 1
+  # slots (the scratch one) and its scoring whole chunks (`_score_chunks`)
+  suffix = round_up(step * scfg.k + max(step + 1, round_up(step, SCORE_CHUNK)), 8)
   prompt = 0 if scfg.shared_prefix else prompt_width
   return suffix, round_up(prompt + scfg.max_solution_tokens, 16)
 
