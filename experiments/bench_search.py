@@ -67,12 +67,15 @@ on the best-of-N candidates of that n (Q x n solutions, EOS not scored):
   re-scoring and incremental as questions per second; `*_max_abs_diff` check
   they agree with `rows_score`.)
 
---local_device_count=2 splits a 2-core CPU into two XLA:CPU devices: the
-search then runs half the prompts on each (`search(mesh=)`), baseline (a)
-splits its generation and scoring rows over both; baseline (b) and the
-scoring line stay on one device (`devices`, `host_dispatch_devices`).
-XLA:CPU runs the per-row attention dots of one device on one thread, so two
-devices help attention-bound work most.
+Devices: on a CPU backend the benchmark splits the machine into two XLA:CPU
+devices by default (--local_device_count=-1, as train_policy does;
+`ttc_jax.distributed.AUTO_CPU_DEVICES`), because XLA:CPU runs a decode step's
+small ops on one thread and one device leaves a 2-core machine half idle.
+The search then runs half the prompts on each (`search(mesh=)`) and
+baseline (a) splits its generation and scoring rows over both; baseline (b)
+and the scoring line stay on one device (`devices`, `host_dispatch_devices`
+in the lines). --local_device_count=0 keeps JAX's one device. GPU/TPU
+backends ignore the flag.
 
 Without --policy a random-weights model (--config, `ttc_jax.bench_configs`,
 vocabulary set to the arithmetic tokenizer's) runs on the built-in task, so the
@@ -695,7 +698,7 @@ def _define_flags():
   flags.DEFINE_integer("prompt_len", 0, "Lengthen prompts to >= this many tokens with solved "
                        "examples in front (a few-shot prompt); 0: the bare question.")
   from ttc_jax import distributed
-  distributed.define_flags()  # --local_device_count=2: two XLA:CPU devices share the 2 cores
+  distributed.define_flags(default_local_devices=-1)  # two XLA:CPU devices on a CPU backend
   flags.DEFINE_bool("compare_replicated", False, "Also time each search with the prompt's KV "
                     "copied to every row (shared_prefix=False) and report both memory plans "
                     "(replicated_questions_per_sec, peak_bytes, replicated_peak_bytes).")

@@ -14,7 +14,6 @@ on) and ends bit-identical to an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags, logging
 
@@ -55,12 +54,11 @@ def _cpu_device_count() -> int:
   """How many fake CPU devices to ask for (0: leave JAX's setting alone)."""
   if FLAGS.cpu_devices >= 0:
     return FLAGS.cpu_devices
-  if os.environ.get("JAX_NUM_CPU_DEVICES") or "xla_force_host_platform_device_count" in \
-      os.environ.get("XLA_FLAGS", ""):
+  if distributed.cpu_devices_set_by_env():
     return 0
   if FLAGS.mesh_data is not None:  # the mesh is global: each process holds its share
     return max(1, FLAGS.mesh_data * FLAGS.mesh_model // max(1, FLAGS.num_processes))
-  return 2
+  return distributed.AUTO_CPU_DEVICES
 
 
 def main(argv):

@@ -135,6 +135,23 @@ def test_maybe_initialize_single_process_is_noop():
     distributed._STATE = saved
 
 
+def test_resolve_cpu_devices(monkeypatch):
+  """-1 asks for AUTO_CPU_DEVICES unless the environment fixed a count; None / 0 leave JAX's."""
+  from ttc_jax import distributed
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert distributed.resolve_cpu_devices(-1) == distributed.AUTO_CPU_DEVICES
+  assert distributed.resolve_cpu_devices(None) is None
+  assert distributed.resolve_cpu_devices(0) is None
+  assert distributed.resolve_cpu_devices(3) == 3
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  assert distributed.resolve_cpu_devices(-1) is None
+  assert distributed.resolve_cpu_devices(3) == 3
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "8")
+  assert distributed.resolve_cpu_devices(-1) is None
+
+
 # ----------------------------------------------------------------------------
 # Subprocess on 8 fake CPU devices.
 

@@ -40,7 +40,15 @@ On CPU the cross-process collectives use gloo
 
 from __future__ import annotations
 
+import os
+
 import jax
+
+# Fake XLA:CPU devices an experiment asks for when told "auto" (-1). XLA:CPU
+# runs a decode step's small ops (one query per row) on one thread: a [512, 1]
+# forward took 2.5 ms pinned to one core and 3.0 ms with both free
+# (runs/scratch/s8_split2.py), so one device leaves a 2-core machine half idle.
+AUTO_CPU_DEVICES = 2
 
 _STATE: tuple | None = None  # the arguments of the call that took effect
 
@@ -94,14 +102,32 @@ def shutdown() -> None:
   _STATE = None
 
 
+def cpu_devices_set_by_env() -> bool:
+  """Whether JAX_NUM_CPU_DEVICES or XLA_FLAGS already fix the CPU device count."""
+  return bool(os.environ.get("JAX_NUM_CPU_DEVICES")) or (
+      "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+
+
+def resolve_cpu_devices(requested: int | None) -> int | None:
+  """--local_device_count as `maybe_initialize` takes it: None or 0 leave JAX's
+  count; -1 is AUTO_CPU_DEVICES unless the environment sets a count."""
+  if requested is None or requested == 0:
+    return None
+  if requested < 0:
+    return None if cpu_devices_set_by_env() else AUTO_CPU_DEVICES
+  return requested
+
+
 def is_main_process() -> bool:
   """True on process 0 (the one that writes results / logs)."""
   return jax.process_index() == 0
 
 
-def define_flags(flag_values=None, local_device_count: bool = True) -> None:
+def define_flags(flag_values=None, local_device_count: bool = True,
+                 default_local_devices: int | None = None) -> None:
   """Defines --coordinator_address, --num_processes, --process_id (and
-  --local_device_count unless the script has its own CPU-device flag).
+  --local_device_count, default `default_local_devices`, unless the script
+  has its own CPU-device flag).
 
   Safe to call more than once (already-defined flags are left alone).
   """
@@ -112,8 +138,10 @@ def define_flags(flag_values=None, local_device_count: bool = True) -> None:
        "host:port of process 0 for multi-process JAX; unset = single process"),
       (flags.DEFINE_integer, "num_processes", 1, "number of JAX processes"),
       (flags.DEFINE_integer, "process_id", 0, "this process's index in [0, num_processes)"),
-      (flags.DEFINE_integer, "local_device_count", None,
-       "fake CPU devices per process (jax_num_cpu_devices); unset = JAX default"),
+      (flags.DEFINE_integer, "local_device_count", default_local_devices,
+       "fake CPU devices per process (jax_num_cpu_devices; GPU/TPU backends ignore it); "
+       f"unset or 0 = JAX default; -1 = {AUTO_CPU_DEVICES} unless JAX_NUM_CPU_DEVICES or "
+       "XLA_FLAGS set a count"),
   ]
   if not local_device_count:
     defs = defs[:3]
@@ -127,8 +155,8 @@ def initialize_from_flags(flag_values=None) -> bool:
   from absl import flags
   fv = flags.FLAGS if flag_values is None else flag_values
   return maybe_initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                          fv.local_device_count)
+                          resolve_cpu_devices(fv.local_device_count))
 
 
-__all__ = ["define_flags", "initialize_from_flags", "is_main_process", "maybe_initialize",
-           "shutdown"]
+__all__ = ["AUTO_CPU_DEVICES", "cpu_devices_set_by_env", "define_flags", "initialize_from_flags",
+           "is_main_process", "maybe_initialize", "resolve_cpu_devices", "shutdown"]

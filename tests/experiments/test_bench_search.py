@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -31,15 +32,19 @@ def _positive(line, keys):
 
 
 def test_cli_lines(tmp_path):
-  """The acceptance interface: --methods, --ns, --json_out; one line per (method, n)."""
+  """The acceptance interface: --methods, --ns, --json_out; one line per (method, n).
+  On a CPU backend it splits the machine into two XLA:CPU devices by default."""
   out = tmp_path / "bench.jsonl"
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
   subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
-                  "--ns=4", "--m=2", f"--json_out={out}"] + TINY, check=True, timeout=300)
+                  "--ns=4", "--m=2", f"--json_out={out}"] + TINY, check=True, timeout=300,
+                 env=env)
   lines = [json.loads(s) for s in out.read_text().splitlines()]
   assert [(l["method"], l["n"]) for l in lines] == [("best_of_n", 4), ("beam", 4), ("score", 4)]
   for line in lines[:2]:
     _positive(line, SEARCH_FIELDS)
     assert line["questions"] == 2 and line["rows"] == 8
+    assert line["devices"] == (2 if line["backend"] == "cpu" else 1)
     # The host-driven rounds run the very same jitted functions: the same candidates.
     assert line["host_dispatch_same_tokens"]
     assert line["host_dispatch_rounds"] == line["rounds"]
@@ -54,15 +59,15 @@ def test_cli_lines(tmp_path):
       score["score_tokens_per_sec"] / score["rescore_tokens_per_sec"])
 
 
-def test_cli_on_two_cpu_devices(tmp_path):
-  """--local_device_count=2: the search and the host loop split rows over a 2-device mesh;
-  the search returns what the one-device engine pieces of baseline (b) return."""
+def test_cli_on_one_device(tmp_path):
+  """--local_device_count=0 keeps JAX's one device; the search returns what the
+  engine pieces of baseline (b) return (the default's two devices: above)."""
   out = tmp_path / "bench.jsonl"
   subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
-                  "--ns=4", "--m=2", "--noscoring", "--local_device_count=2",
+                  "--ns=4", "--m=2", "--noscoring", "--local_device_count=0",
                   f"--json_out={out}"] + TINY, check=True, timeout=300)
   lines = [json.loads(s) for s in out.read_text().splitlines()]
-  assert [(l["method"], l["devices"]) for l in lines] == [("best_of_n", 2), ("beam", 2)]
+  assert [(l["method"], l["devices"]) for l in lines] == [("best_of_n", 1), ("beam", 1)]
   for line in lines:
     _positive(line, SEARCH_FIELDS)
     assert line["host_dispatch_devices"] == 1 and line["host_dispatch_same_tokens"]
