@@ -126,3 +126,26 @@ def test_grid_validation(tmp_path):
                                            ms=("2",), ks=(1, 3)))
   assert [(c.method, c.m, c.k) for c in configs] == [
       ("best_of_n", None, 0), ("beam", 2, 0), ("lookahead", 2, 1), ("lookahead", 2, 3)]
+
+
+def test_analyses_read_a_real_sweep(smoke_policy, tmp_path):
+  """analyze_sweep and flops_matched on a sweep run_search wrote (the smoke
+  policy stands in for the large one: size ratio 1, so K = 1 generation)."""
+  from ttc_jax.analysis.outcomes import read_lines
+  from ttc_jax.analysis.sweep import analyze_sweep
+  out = tmp_path / "sweep"
+  run_search.run(_opts(smoke_policy, out, methods=("best_of_n",), ns=(1, 2)),
+                 print_fn=lambda s: None, progress=False)
+  result = analyze_sweep(read_lines(str(out / run_search.RESULTS_FILE)), samples=2, n_bins=1,
+                         n_boot=10, probe=1)
+  assert result["questions"] == 2 and result["budgets"] == [1, 2]
+  assert len(result["compute_optimal"]["oracle"]["accuracy"]) == 2
+  subprocess.run([sys.executable, "-m", "experiments.flops_matched", f"--sweep_dir={out}",
+                  f"--large={smoke_policy}", "--bins=1", "--accounting=v1"], check=True,
+                 timeout=300, capture_output=True)
+  matched = json.loads((out / "flops_matched.json").read_text())
+  assert matched["size_ratio"] == 1.0 and matched["questions"] == 2
+  rows = matched["flops_matched"]
+  assert [r["r"] for r in rows] == [0.16, 0.79, 22.0]
+  assert all(r["multiplier"] == pytest.approx(1.0) and r["matched_budget"] == 1 for r in rows)
+  assert 0.0 <= rows[0]["bins"][0]["large"] <= 1.0

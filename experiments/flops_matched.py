@@ -1,0 +1,109 @@
+r"""FLOPs-matched comparison: small policy + compute-optimal search vs a ~14x larger policy's greedy.
+
+  python -m experiments.flops_matched --sweep_dir=runs/sweep_small_q6k --large=runs/large
+
+The small model's side comes from a run_search sweep (DIR/results.jsonl and
+DIR/run.json, which names the small policy and the questions): oracle
+difficulty bins from its best-of-S lines, compute-optimal accuracy per bin
+and budget (2-fold selection, `ttc_jax.analysis.compute_optimal`). The large
+model answers the same questions greedily (one generation each). For each
+FLOPs accounting (v1: inference 2 N D; ICLR: 4 N D) and each of the paper's
+R = D_inference / D_pretrain, the large model's pretraining + inference
+FLOPs buy the small model K times its inference tokens
+(`ttc_jax.analysis.flops.matched_multiplier`, with the two models' measured
+parameter ratio); the comparison uses the largest swept budget <= K. Writes
+one JSON object (default DIR/flops_matched.json) and prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+import numpy as np
+
+from ttc_jax.analysis.compute_optimal import compute_optimal
+from ttc_jax.analysis.difficulty import quantile_bins
+from ttc_jax.analysis.flops import flops_matched_table
+from ttc_jax.analysis.outcomes import outcome_table, read_lines, sample_statistics
+from ttc_jax.checkpoints import write_json_atomic
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("sweep_dir", None, "The small policy's run_search --out_dir.")
+flags.DEFINE_string("large", None, "The large policy's training run directory.")
+flags.DEFINE_integer("samples", 0, "S: best-of-S lines that define difficulty; 0 = the largest "
+                     "best-of-N budget in the sweep.")
+flags.DEFINE_integer("bins", 5, "Difficulty bins.")
+flags.DEFINE_list("accounting", ["v1", "iclr"], "FLOPs accountings: v1 (2 N D inference), "
+                  "iclr (4 N D, the verifier counted).")
+flags.DEFINE_integer("seed", 0, "Seed of the 2-fold selection.")
+flags.DEFINE_integer("batch_size", 256, "Rows per greedy decoding call of the large model.")
+flags.DEFINE_string("json_out", None, "Output JSON; default SWEEP_DIR/flops_matched.json.")
+flags.mark_flags_as_required(["sweep_dir", "large"])
+
+
+def sweep_problems(settings: dict, indices: np.ndarray) -> list:
+  """The sweep's questions by their index in its split (run.json names them)."""
+  from ttc_jax.checkpoints import load_run_task
+  if settings.get("split", "test") != "test" or settings.get("dataset") != "arithmetic":
+    raise app.UsageError("flops_matched reads sweeps of the built-in task's test split")
+  problems = load_run_task(settings["policy"]).test_problems()
+  return [problems[i] for i in indices.tolist()]
+
+
+def large_greedy_correct(path: str, task_problems: list, small_policy: str) -> tuple[np.ndarray, int]:
+  """(greedy correctness [Q], parameter count) of the large policy."""
+  from ttc_jax.checkpoints import load_policy, load_run_task
+  from ttc_jax.decode import Greedy
+  from ttc_jax.evaluation import sample_solutions
+  cfg, params, tokenizer = load_policy(path)
+  samples = sample_solutions(cfg, params, tokenizer, load_run_task(small_policy), task_problems,
+                             n=1, sampler=Greedy(), batch_size=FLAGS.batch_size)
+  return samples.correct[:, 0], cfg.num_params()
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+  with open(os.path.join(FLAGS.sweep_dir, "run.json")) as f:
+    settings = json.load(f)
+  lines = read_lines(os.path.join(FLAGS.sweep_dir, "results.jsonl"))
+  samples = FLAGS.samples or max(int(l["config"]["n"]) for l in lines
+                                 if l["config"]["method"] == "best_of_n")
+  outcomes = outcome_table(lines)
+  sampled, pass1, _ = sample_statistics(lines, samples)
+  if not np.array_equal(sampled, outcomes.questions):
+    raise app.UsageError("the best-of-S lines and the sweep cover different questions")
+  bins = quantile_bins(pass1, FLAGS.bins)
+  co = compute_optimal(outcomes, bins, seed=FLAGS.seed)
+  from ttc_jax.checkpoints import load_policy
+  small_params = load_policy(settings["policy"])[0].num_params()
+  large_correct, large_params = large_greedy_correct(
+      FLAGS.large, sweep_problems(settings, outcomes.questions), settings["policy"])
+  ratio = large_params / small_params
+  result = {
+      "sweep_dir": FLAGS.sweep_dir, "large": os.path.abspath(FLAGS.large),
+      "questions": int(outcomes.questions.size), "samples": samples,
+      "small_params": small_params, "large_params": large_params, "size_ratio": ratio,
+      "bin_sizes": bins.sizes, "large_greedy_accuracy": float(large_correct.mean()),
+      "small_compute_optimal_accuracy": dict(zip(map(str, outcomes.budgets),
+                                                 co.accuracy.tolist())),
+      "flops_matched": [row for accounting in FLAGS.accounting for row in flops_matched_table(
+          outcomes.budgets, co.per_question, bins.bin_of, bins.n_bins, large_correct,
+          size_ratio=ratio, accounting=accounting)],
+  }
+  out = FLAGS.json_out or os.path.join(FLAGS.sweep_dir, "flops_matched.json")
+  write_json_atomic(out, result)
+  print(f"size ratio {ratio:.2f}, large greedy {result['large_greedy_accuracy']:.3f}, "
+        f"bins {bins.sizes}")
+  for row in result["flops_matched"]:
+    cells = " ".join(f"{b['small'] if b['small'] is not None else float('nan'):.2f}/"
+                     f"{b['large']:.2f}" for b in row["bins"])
+    print(f"{row['accounting']:4s} R={row['r']:<5g} K={row['multiplier']:7.1f} "
+          f"budget={row['matched_budget']}  small/large by bin (easy first): {cells}")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
