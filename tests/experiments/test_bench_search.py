@@ -63,11 +63,11 @@ def test_cli_on_one_device(tmp_path):
   """--local_device_count=0 keeps JAX's one device; the search returns what the
   engine pieces of baseline (b) return (the default's two devices: above)."""
   out = tmp_path / "bench.jsonl"
-  subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
+  subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=beam",
                   "--ns=4", "--m=2", "--noscoring", "--local_device_count=0",
                   f"--json_out={out}"] + TINY, check=True, timeout=300)
   lines = [json.loads(s) for s in out.read_text().splitlines()]
-  assert [(l["method"], l["devices"]) for l in lines] == [("best_of_n", 1), ("beam", 1)]
+  assert [(l["method"], l["devices"]) for l in lines] == [("beam", 1)]
   for line in lines:
     _positive(line, SEARCH_FIELDS)
     assert line["host_dispatch_devices"] == 1 and line["host_dispatch_same_tokens"]
