@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from ttc_jax.analysis.outcomes import read_lines
+from ttc_jax.analysis.outcomes import largest_budget, read_lines
 from ttc_jax.analysis.sweep import BASELINE, analyze_sweep
 from ttc_jax.checkpoints import write_json_atomic
 
@@ -37,13 +37,6 @@ flags.DEFINE_integer("probe", 0, "P > 0: also evaluate the router that bins each
                      "counting the P probe generations; 0: no router.")
 flags.DEFINE_string("json_out", None, "Output JSON; default SWEEP_DIR/analysis.json.")
 flags.mark_flag_as_required("sweep_dir")
-
-
-def largest_best_of_n(lines: list[dict]) -> int:
-  budgets = [int(l["config"]["n"]) for l in lines if l["config"]["method"] == "best_of_n"]
-  if not budgets:
-    raise app.UsageError("the sweep has no best_of_n lines to take difficulty from")
-  return max(budgets)
 
 
 def summary(result: dict) -> str:
@@ -70,7 +63,7 @@ def main(argv):
   if not os.path.exists(path):
     raise app.UsageError(f"no {path}: is --sweep_dir a run_search --out_dir?")
   lines = read_lines(path)
-  samples = FLAGS.samples or largest_best_of_n(lines)
+  samples = FLAGS.samples or largest_budget(lines)
   result = analyze_sweep(lines, samples=samples, n_bins=FLAGS.bins, baseline=FLAGS.baseline,
                          n_boot=FLAGS.n_boot, seed=FLAGS.seed, probe=FLAGS.probe or None)
   out = FLAGS.json_out or os.path.join(FLAGS.sweep_dir, "analysis.json")

@@ -26,7 +26,8 @@ import numpy as np
 from ttc_jax.analysis.compute_optimal import compute_optimal
 from ttc_jax.analysis.difficulty import quantile_bins
 from ttc_jax.analysis.flops import flops_matched_table
-from ttc_jax.analysis.outcomes import outcome_table, read_lines, sample_statistics
+from ttc_jax.analysis.outcomes import (largest_budget, outcome_table, read_lines,
+                                       sample_statistics)
 from ttc_jax.checkpoints import write_json_atomic
 
 FLAGS = flags.FLAGS
@@ -69,8 +70,7 @@ def main(argv):
   with open(os.path.join(FLAGS.sweep_dir, "run.json")) as f:
     settings = json.load(f)
   lines = read_lines(os.path.join(FLAGS.sweep_dir, "results.jsonl"))
-  samples = FLAGS.samples or max(int(l["config"]["n"]) for l in lines
-                                 if l["config"]["method"] == "best_of_n")
+  samples = FLAGS.samples or largest_budget(lines)
   outcomes = outcome_table(lines)
   sampled, pass1, _ = sample_statistics(lines, samples)
   if not np.array_equal(sampled, outcomes.questions):

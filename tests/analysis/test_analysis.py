@@ -280,3 +280,12 @@ def test_flops_matched_table_compares_per_bin_at_the_matched_budget():
   assert rows[2]["bins"][0]["small"] == pytest.approx(0.2)
   tiny = flops_matched_table((64,), small[:1], bin_of, 2, large, size_ratio=2.0, r_values=(10.0,))
   assert tiny[0]["matched_budget"] is None and tiny[0]["bins"][0]["small"] is None
+
+
+def test_largest_budget():
+  from ttc_jax.analysis.outcomes import largest_budget
+  lines = [_line(0, "best_of_n", 4, 0, {}), _line(0, "best_of_n", 16, 0, {}),
+           _line(0, "beam", 64, 0, {}, m=4)]
+  assert largest_budget(lines) == 16 and largest_budget(lines, "beam") == 64
+  with pytest.raises(ValueError, match="no dvts lines"):
+    largest_budget(lines, "dvts")

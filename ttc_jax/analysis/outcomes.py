@@ -126,6 +126,14 @@ def read_lines(path: str) -> list[dict]:
   return lines
 
 
+def largest_budget(lines: Iterable[dict], method: str = "best_of_n") -> int:
+  """The largest budget N the sweep ran `method` at (the default difficulty samples)."""
+  budgets = [int(l["config"]["n"]) for l in lines if l["config"]["method"] == method]
+  if not budgets:
+    raise ValueError(f"the sweep has no {method} lines")
+  return max(budgets)
+
+
 def sample_statistics(lines: Iterable[dict], samples: int, aggregation: str = "last"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Per question, from its best-of-N lines with N = `samples` (every seed):
