@@ -48,19 +48,21 @@ def sweep_problems(settings: dict, indices: np.ndarray) -> list:
   """The sweep's questions by their index in its split (run.json names them)."""
   from ttc_jax.checkpoints import load_run_task
   if settings.get("split", "test") != "test" or settings.get("dataset") != "arithmetic":
-    raise app.UsageError("flops_matched reads sweeps of the built-in task's test split")
+    raise ValueError("flops_matched reads sweeps of the built-in task's test split")
   problems = load_run_task(settings["policy"]).test_problems()
   return [problems[i] for i in indices.tolist()]
 
 
-def large_greedy_correct(path: str, task_problems: list, small_policy: str) -> tuple[np.ndarray, int]:
-  """(greedy correctness [Q], parameter count) of the large policy."""
+def large_greedy_correct(path: str, task_problems: list, small_policy: str,
+                         batch_size: int = 256) -> tuple[np.ndarray, int]:
+  """(greedy correctness [Q], parameter count) of the large policy on the
+  small policy's task problems."""
   from ttc_jax.checkpoints import load_policy, load_run_task
   from ttc_jax.decode import Greedy
   from ttc_jax.evaluation import sample_solutions
   cfg, params, tokenizer = load_policy(path)
   samples = sample_solutions(cfg, params, tokenizer, load_run_task(small_policy), task_problems,
-                             n=1, sampler=Greedy(), batch_size=FLAGS.batch_size)
+                             n=1, sampler=Greedy(), batch_size=batch_size)
   return samples.correct[:, 0], cfg.num_params()
 
 
@@ -80,7 +82,8 @@ def main(argv):
   from ttc_jax.checkpoints import load_policy
   small_params = load_policy(settings["policy"])[0].num_params()
   large_correct, large_params = large_greedy_correct(
-      FLAGS.large, sweep_problems(settings, outcomes.questions), settings["policy"])
+      FLAGS.large, sweep_problems(settings, outcomes.questions), settings["policy"],
+      FLAGS.batch_size)
   ratio = large_params / small_params
   result = {
       "sweep_dir": FLAGS.sweep_dir, "large": os.path.abspath(FLAGS.large),

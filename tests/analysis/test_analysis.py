@@ -289,3 +289,15 @@ def test_largest_budget():
   assert largest_budget(lines) == 16 and largest_budget(lines, "beam") == 64
   with pytest.raises(ValueError, match="no dvts lines"):
     largest_budget(lines, "dvts")
+
+
+def test_lookahead_lines_are_placed_at_their_generations():
+  """Lookahead costs N (k + 1) generations (PAPER.md): the recorded budget places it."""
+  line = _line(0, "lookahead", 4, 0, {"weighted:last": True}, m=2, k=3)
+  line["budget"] = {"generations": 16}
+  t = outcome_table([line, _line(0, "best_of_n", 4, 0, {"weighted:last": False})])
+  assert t.budgets == (4, 16)
+  assert t.complete()[t.strategy_index("lookahead[m=2,k=3]:weighted:last")].tolist() == [False,
+                                                                                         True]
+  kept = t.at_budgets(lambda b: b < 16)
+  assert kept.budgets == (4,) and kept.accuracy.shape == (2, 1, 1)

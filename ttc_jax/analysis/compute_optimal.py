@@ -16,6 +16,7 @@ weighted's accuracy at B, and the ratio B / that budget.
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import numpy as np
 
@@ -108,6 +109,15 @@ def efficiency(budgets, baseline: np.ndarray, curve: np.ndarray, curve_costs=Non
   return out
 
 
+def stratified_resamples(strata: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+  """n_boot index arrays, each resampling positions with replacement within
+  every stratum (a difficulty bin keeps its size in each resample)."""
+  rng = np.random.default_rng(seed)
+  groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+  for _ in range(n_boot):
+    yield np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+
+
 def bootstrap_efficiency(budgets, baseline_per_question: np.ndarray,
                          curve_per_question: np.ndarray, strata: np.ndarray,
                          n_boot: int = 1000, seed: int = 0, level: float = 0.95,
@@ -116,11 +126,8 @@ def bootstrap_efficiency(budgets, baseline_per_question: np.ndarray,
   with replacement within each stratum (difficulty bin). The choices behind
   `curve_per_question` stay fixed. A resample where the baseline is never
   reached counts as ratio 0 (the lower end then shows it)."""
-  rng = np.random.default_rng(seed)
-  groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
   ratios = np.zeros((n_boot, len(budgets)))
-  for i in range(n_boot):
-    pick = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups])
+  for i, pick in enumerate(stratified_resamples(strata, n_boot, seed)):
     rows = efficiency(budgets, baseline_per_question[:, pick].mean(axis=1),
                       curve_per_question[:, pick].mean(axis=1), curve_costs)
     ratios[i] = [r["ratio"] or 0.0 for r in rows]

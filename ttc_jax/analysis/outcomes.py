@@ -70,6 +70,14 @@ class Outcomes:
     return dataclasses.replace(self, strategies=tuple(self.strategies[i] for i in rows),
                                accuracy=self.accuracy[rows], seeds=self.seeds[rows])
 
+  def at_budgets(self, keep: Callable[[int], bool]) -> "Outcomes":
+    """The budgets that pass `keep`."""
+    cols = [j for j, b in enumerate(self.budgets) if keep(b)]
+    if not cols:
+      raise ValueError("no budget left after filtering")
+    return dataclasses.replace(self, budgets=tuple(self.budgets[j] for j in cols),
+                               accuracy=self.accuracy[:, cols], seeds=self.seeds[:, cols])
+
   def complete(self) -> np.ndarray:
     """[S, B] whether strategy s at budget b has every question."""
     return np.all(self.seeds > 0, axis=2)
@@ -83,12 +91,20 @@ def line_outcomes(line: dict) -> Iterator[tuple[str, bool]]:
   return FAMILIES[method](line)
 
 
+def line_budget(line: dict) -> int:
+  """The line's cost in the paper's generations: N, or N (k + 1) for
+  lookahead (PAPER.md, "Search methods"), as run_search records it."""
+  recorded = line.get("budget", {}).get("generations")
+  return int(line["config"]["n"] if recorded is None else recorded)
+
+
 def outcome_table(lines: Iterable[dict]) -> Outcomes:
-  """The dense table of a sweep's lines (any order; seeds averaged)."""
+  """The dense table of a sweep's lines (any order; seeds averaged), each
+  line placed at its budget in generations (`line_budget`)."""
   total: dict[tuple[str, int, int], float] = {}
   count: dict[tuple[str, int, int], int] = {}
   for line in lines:
-    budget, question = int(line["config"]["n"]), int(line["question_index"])
+    budget, question = line_budget(line), int(line["question_index"])
     for strategy, correct in line_outcomes(line):
       key = (strategy, budget, question)
       total[key] = total.get(key, 0.0) + float(correct)

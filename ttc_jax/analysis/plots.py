@@ -164,8 +164,8 @@ def _no_data(ax):
 
 def _default_bin_labels(n: int) -> list[str]:
   if n == 1:
-    return ["bin 0"]
-  return [f"bin {b}" + (" (easiest)" if b == 0 else " (hardest)" if b == n - 1 else "")
+    return ["bin 1"]
+  return [f"bin {b + 1}" + (" (easiest)" if b == 0 else " (hardest)" if b == n - 1 else "")
           for b in range(n)]
 
 
@@ -225,7 +225,7 @@ def _interval(band, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
 def per_bin_panels(budgets: Sequence[float], curves_by_bin: Mapping[str, Sequence[Sequence[Value]]],
                    path: str | os.PathLike, *, title: str,
                    bin_labels: Sequence[str] | None = None) -> Path:
-  """One panel per difficulty bin (bin 0 = easiest), the same curves in each,
+  """One panel per difficulty bin (bin 0 = easiest, labelled 1 as in the paper), the same curves in each,
   a shared y axis and one legend for the figure."""
   xs = _check_budgets(budgets)
   if not all(isinstance(v, Sequence) for v in curves_by_bin.values()):

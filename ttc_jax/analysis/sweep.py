@@ -1,16 +1,17 @@
 """One sweep's analysis: difficulty bins, every strategy per bin, compute-optimal, efficiency.
 
 `analyze_sweep(lines, samples=S)` takes run_search's JSON lines. Difficulty
-comes from the sweep's best-of-S lines (oracle: pass@1 over the S samples;
-predicted: their mean verifier score), so a sweep that includes best-of-S
-needs no separate sampling run. Caveat when S is also a swept budget: the
-best-of-S strategy is then scored on the very samples that binned its
-questions (the paper drew 2048 separate samples); `samples_also_swept`
-says so in the output.
+comes from best-of-S lines (oracle: pass@1 over the S samples; predicted:
+their mean verifier score): separate ones (`difficulty_lines`, as the paper's
+2048 samples; experiments/reproduce.py draws them) or the sweep's own. Caveat
+with the sweep's own when S is also a swept budget: the best-of-S strategy is
+then scored on the very samples that binned its questions;
+`samples_also_swept` says so in the output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
@@ -92,23 +93,55 @@ def _router_summary(outcomes: Outcomes, lines: list[dict], probe: int, baseline:
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A sweep's table (budgets where the baseline ran) with its difficulty bins."""
+  outcomes: Outcomes
+  oracle: Bins
+  predicted: Bins
+  baseline: str
+
+
+def prepare(lines: list[dict], *, samples: int, n_bins: int = 5, baseline: str = BASELINE,
+            difficulty_lines: list[dict] | None = None) -> Prepared:
+  """The table and both bins over its questions. Difficulty comes from the
+  best-of-`samples` lines of `difficulty_lines` (separate samples, as the
+  paper's) or, when None, of the sweep itself. Budgets the baseline lacks
+  (e.g. lookahead's N (k + 1) beyond the largest N) are left out: every
+  comparison is against the baseline."""
+  sampled, pass1, mean_score = sample_statistics(
+      lines if difficulty_lines is None else difficulty_lines, samples)
+  outcomes = outcome_table(lines)
+  base = outcomes.strategy_index(baseline)
+  outcomes = outcomes.at_budgets(
+      lambda b: bool(outcomes.complete()[base, outcomes.budgets.index(b)]))
+  return Prepared(
+      outcomes=outcomes,
+      oracle=_on_questions(quantile_bins(pass1, n_bins), sampled, outcomes.questions),
+      predicted=_on_questions(quantile_bins(mean_score, n_bins), sampled, outcomes.questions),
+      baseline=baseline)
+
+
 def analyze_sweep(lines: Iterable[dict], *, samples: int, n_bins: int = 5,
                   baseline: str = BASELINE, n_boot: int = 1000, seed: int = 0,
-                  probe: int | None = None) -> dict:
+                  probe: int | None = None,
+                  difficulty_lines: Iterable[dict] | None = None) -> dict:
   """Bins, per-strategy accuracy, and compute-optimal (oracle and predicted
   bins) against `baseline`, as a JSON-ready dict; with `probe` = P also the
   router that bins each prompt by its best-of-P samples' mean score
-  (`ttc_jax.analysis.router`), its P generations counted."""
+  (`ttc_jax.analysis.router`), its P generations counted. Difficulty as in
+  `prepare`."""
   lines = list(lines)
-  sampled, pass1, mean_score = sample_statistics(lines, samples)
-  outcomes = outcome_table(lines)
-  oracle = _on_questions(quantile_bins(pass1, n_bins), sampled, outcomes.questions)
-  predicted = _on_questions(quantile_bins(mean_score, n_bins), sampled, outcomes.questions)
+  separate = difficulty_lines is not None
+  p = prepare(lines, samples=samples, n_bins=n_bins, baseline=baseline,
+              difficulty_lines=list(difficulty_lines) if separate else None)
+  outcomes, oracle, predicted = p.outcomes, p.oracle, p.predicted
   router = None if probe is None else _router_summary(
       outcomes, lines, probe, baseline, oracle.bin_of, n_bins=n_bins, seed=seed, n_boot=n_boot)
   return {
       "questions": int(outcomes.questions.size), "budgets": list(outcomes.budgets),
-      "samples": samples, "samples_also_swept": samples in outcomes.budgets,
+      "samples": samples, "difficulty_from": "separate samples" if separate else "the sweep",
+      "samples_also_swept": not separate and samples in outcomes.budgets,
       "baseline": baseline,
       "bins": {"oracle": _bins_summary(oracle), "predicted": _bins_summary(predicted),
                "agreement": float(np.mean(oracle.bin_of == predicted.bin_of))},

@@ -127,16 +127,27 @@ _PAIR_DATA = DataConfig(n_train_problems=65536, n_eval_problems=512, row_len=128
 _PAIR_TRAIN = dict(batch_size=32, train_tokens=4_500_000, warmup_frac=0.05, eval_every=250,
                    ckpt_every=250, log_every=10)
 
+_SMOKE_TRAIN = TrainConfig(batch_size=8, lr=3e-3, steps=30, warmup_frac=0.1, eval_every=10,
+                           ckpt_every=10, log_every=5, eval_batch_size=32)
+# One bucket: one compile (compiling dominates a smoke run on CPU).
+_SMOKE_DATA = DataConfig(n_train_problems=512, n_eval_problems=64, tokenizer_samples=500,
+                         row_len=128, buckets=(128,), sort_window=1)
+
 PRESETS: dict[str, Preset] = {
     # Trains in seconds; the tests use it.
     "smoke": Preset(
         name="smoke",
         model=_llama(d_model=32, n_layers=2, n_heads=2, ffn_dim=64),
-        train=TrainConfig(batch_size=8, lr=3e-3, steps=30, warmup_frac=0.1, eval_every=10,
-                          ckpt_every=10, log_every=5, eval_batch_size=32),
-        # One bucket: one compile (compiling dominates a smoke run on CPU).
-        data=DataConfig(n_train_problems=512, n_eval_problems=64, tokenizer_samples=500,
-                        row_len=128, buckets=(128,), sort_window=1),
+        train=_SMOKE_TRAIN,
+        data=_SMOKE_DATA,
+    ),
+    # The smoke pair's "~14x larger" model (14.3x non-embedding params): same
+    # data, batch and steps as `smoke`; experiments/reproduce.py --preset=smoke.
+    "smoke_large": Preset(
+        name="smoke_large",
+        model=_llama(d_model=112, n_layers=2, n_heads=2, ffn_dim=288),
+        train=_SMOKE_TRAIN,
+        data=_SMOKE_DATA,
     ),
     "small": Preset(
         name="small",

@@ -1,0 +1,193 @@
+"""experiments/reproduce.py: the smoke preset end to end, killed mid-stage and resumed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import reproduce
+from ttc_jax.analysis.flops import PAPER_R_VALUES
+from ttc_jax.analysis.outcomes import read_lines
+from ttc_jax.analysis.sweep import analyze_sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VERDICTS = {"reproduced", "partly", "not reproduced", "not measured"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _command(out_dir, *extra):
+  return [sys.executable, "-m", "experiments.reproduce", "--preset=smoke", f"--out_dir={out_dir}",
+          "--noprogress", *extra]
+
+
+def _env():
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env.pop("JAX_NUM_CPU_DEVICES", None)  # the script picks two CPU devices itself
+  return env
+
+
+def _complete_lines(path):
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return sum(1 for line in f if line.endswith("\n"))
+
+
+def _kill_once_lines_appear(out_dir, timeout_s=600):
+  """Starts the smoke run and SIGKILLs it once the sweep has written a batch."""
+  proc = subprocess.Popen(_command(out_dir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  sweep = os.path.join(out_dir, "sweep", "results.jsonl")
+  deadline = time.time() + timeout_s
+  while _complete_lines(sweep) == 0:
+    if proc.poll() is not None:
+      raise AssertionError("the run ended before it could be killed:\n" +
+                           proc.stdout.read().decode())
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError("no sweep line within the timeout")
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return _complete_lines(sweep)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("reproduce_smoke"))
+  lines_at_kill = _kill_once_lines_appear(out)
+  stages_at_kill = sorted(os.listdir(os.path.join(out, "stages")))
+  done = subprocess.run(_command(out), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stdout + done.stderr
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)
+  return dict(out=out, lines_at_kill=lines_at_kill, stages_at_kill=stages_at_kill,
+              log=done.stderr, results=results)
+
+
+@pytest.mark.slow
+def test_killed_mid_sweep_resumes_without_redoing_finished_stages(smoke_run):
+  out, log = smoke_run["out"], smoke_run["log"]
+  # Killed inside the sweep: the stages before it were finished, and the rerun skipped them.
+  assert smoke_run["stages_at_kill"] == sorted(
+      f"{s}.json" for s in ("small", "large", "prm", "difficulty"))
+  for stage in ("small", "large", "prm", "difficulty"):
+    assert f"{stage}: done earlier" in log
+  # The sweep resumed: every (question, config, seed) line exactly once.
+  preset = reproduce.get_preset("smoke")
+  lines = read_lines(os.path.join(out, "sweep", "results.jsonl"))
+  keys = [(l["uid"], json.dumps(l["config"], sort_keys=True)) for l in lines]
+  assert len(keys) == len(set(keys))
+  assert 0 < smoke_run["lines_at_kill"] < len(lines)
+  per_config = {}
+  for l in lines:
+    per_config.setdefault(json.dumps(l["config"], sort_keys=True), set()).add(l["uid"])
+  assert all(len(uids) == preset.questions for uids in per_config.values())
+  seeds = {json.loads(c)["seed"] for c in per_config}
+  assert seeds == set(preset.seeds)
+  # A finished run reruns in seconds and changes nothing.
+  before = open(os.path.join(out, "results.json")).read()
+  again = subprocess.run(_command(out), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 0, again.stderr
+  assert again.stderr.count("done earlier") == 7
+  assert open(os.path.join(out, "results.json")).read() == before
+  # Other settings in the same directory are refused, naming what differs.
+  other = subprocess.run(_command(out, "--questions=30"), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+  assert other.returncode != 0 and "questions" in other.stderr and "new --out_dir" in other.stderr
+
+
+@pytest.mark.slow
+def test_report_structure_and_consistency(smoke_run):
+  out, results = smoke_run["out"], smoke_run["results"]
+  preset = reproduce.get_preset("smoke")
+  # Findings: the acceptance interface's fields, known verdicts, the revisions pending.
+  ids = [f["id"] for f in results["findings"]]
+  assert len(ids) == len(set(ids)) >= 10
+  for f in results["findings"]:
+    assert set(f) >= {"id", "claim", "paper", "measured", "interval", "verdict"}
+    assert f["verdict"] in VERDICTS
+    if f["verdict"] == "not measured":
+      assert f["measured"] is None and f["detail"]
+    elif f["interval"] is not None:
+      low, high = f["interval"]
+      assert low <= f["measured"] + 1e-9 or f["id"].startswith("compute_optimal_efficiency")
+      assert low <= high
+  # FLOPs matching: per accounting and R, the matched budget and per-bin accuracies.
+  rows = results["flops_matched"]["rows"]
+  for accounting in ("v1", "iclr"):
+    mine = [r for r in rows if r["accounting"] == accounting]
+    assert [r["r"] for r in mine] == list(PAPER_R_VALUES[accounting])
+    for r in mine:
+      assert r["matched_budget"] in (None, *preset.budgets)
+      assert len(r["bins"]) == preset.bins
+      for cell in r["bins"]:
+        assert 0.0 <= cell["large"] <= 1.0
+  ratio = results["flops_matched"]["size_ratio"]
+  assert 10 <= ratio <= 18 and ratio == pytest.approx(
+      results["models"]["large"]["params"] / results["models"]["small"]["params"])
+  # The analysis is exactly what the cached lines give (no generation in the report stage).
+  sweep = read_lines(os.path.join(out, "sweep", "results.jsonl"))
+  difficulty = read_lines(os.path.join(out, "difficulty", "results.jsonl"))
+  again = analyze_sweep(sweep, samples=preset.difficulty_samples, n_bins=preset.bins,
+                        n_boot=preset.n_boot, probe=preset.probe, difficulty_lines=difficulty)
+  assert json.loads(json.dumps(again)) == results["analysis"]
+  # Bins: equal counts over the swept questions; per-bin quality adds up.
+  quality = results["quality"]
+  sizes = results["analysis"]["bins"]["oracle"]["sizes"]
+  assert sum(sizes) == preset.questions and max(sizes) - min(sizes) <= 1
+  assert [b["questions"] for b in quality["per_bin"]] == sizes
+  pass1 = np.array([b["pass_at_1"] for b in quality["per_bin"]])
+  assert np.all(np.diff(pass1) <= 1e-12)  # oracle bins: easiest first
+  assert quality["policy"]["pass_at_1"] == pytest.approx(
+      float(np.dot(pass1, sizes) / sum(sizes)))
+  large_by_bin = [b["large_greedy"] for b in quality["per_bin"]]
+  assert [c["large"] for c in rows[0]["bins"]] == pytest.approx(large_by_bin)
+  # Compute-optimal: per-bin accuracies average to the overall one.
+  co = results["analysis"]["compute_optimal"]["oracle"]
+  by_bin = np.array(co["accuracy_by_bin"])  # [bins, budgets]
+  np.testing.assert_allclose(np.dot(sizes, by_bin) / sum(sizes), co["accuracy"], atol=1e-12)
+  # Report and plots: every finding's claim and verdict, every plot linked and a real PNG.
+  report = open(os.path.join(out, "report.md")).read()
+  for f in results["findings"]:
+    assert f["claim"] in report and f"**{f['verdict']}**" in report
+  assert len(results["plots"]) == 4
+  for name in results["plots"]:
+    assert f"]({name})" in report
+    with open(os.path.join(out, name), "rb") as fh:
+      assert fh.read(8) == PNG_MAGIC
+  assert "within-question AUC" in report and "## FLOPs-matched comparison" in report
+
+
+def test_bad_presets_get_clear_errors():
+  smoke = reproduce.get_preset("smoke")
+  import dataclasses
+  with pytest.raises(ValueError, match="probe"):
+    reproduce.validate(dataclasses.replace(smoke, probe=3))
+  with pytest.raises(ValueError, match="bins"):
+    reproduce.validate(dataclasses.replace(smoke, questions=9))
+  with pytest.raises(ValueError, match="difficulty samples' own"):
+    reproduce.validate(dataclasses.replace(smoke, seeds=(0, reproduce.DIFFICULTY_SEED)))
+  with pytest.raises(ValueError, match="unknown preset"):
+    reproduce.get_preset("huge")
+  for name in reproduce.PRESETS:
+    reproduce.validate(reproduce.get_preset(name))
+
+
+def test_stage_cache_runs_each_stage_once(tmp_path):
+  calls = []
+  stages = reproduce.Stages(str(tmp_path), ["a", "b"], log=lambda s: None)
+  assert stages.run("a", lambda: calls.append("a") or {"x": 1}) == {"x": 1}
+  again = reproduce.Stages(str(tmp_path), ["a", "b"], log=lambda s: None)
+  assert again.run("a", lambda: calls.append("a2") or {"x": 2}) == {"x": 1}
+  assert calls == ["a"]
+  with pytest.raises(RuntimeError):  # a failing stage leaves no marker
+    again.run("b", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+  assert again.done("b") is None and again.wall()["a"] is not None

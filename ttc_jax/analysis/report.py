@@ -1,0 +1,182 @@
+"""report.md and its plots from experiments/reproduce.py's results dict (no computation here)."""
+
+from __future__ import annotations
+
+import os
+
+BEAM = "beam[m=4]:weighted:last"
+CURVES = ("best_of_n:weighted:last", "best_of_n:majority", BEAM,
+          "lookahead[m=4,k=1]:weighted:last", "lookahead[m=4,k=3]:weighted:last",
+          "dvts[m=4]:weighted:last")
+
+
+def _fmt(value, digits: int = 3) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, float):
+    return f"{value:.{digits}f}"
+  return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def plotted_curves(strategies: dict) -> list[str]:
+  """The strategies the accuracy plots draw: the paper's methods at their
+  paper settings (M = 4; the M = sqrt(N) beams are many strategies, one per M)."""
+  return [name for name in CURVES if name in strategies]
+
+
+def write_plots(results: dict, out_dir: str) -> list[str]:
+  """The report's PNGs (file names in out_dir)."""
+  from ttc_jax.analysis import plots
+  analysis = results["analysis"]
+  budgets = analysis["budgets"]
+  strategies = analysis["strategies"]
+  names = plotted_curves(strategies)
+  files = []
+
+  def path(name: str) -> str:
+    files.append(name)
+    return os.path.join(out_dir, name)
+
+  plots.accuracy_vs_budget(budgets, {n: strategies[n]["all"] for n in names},
+                           path("accuracy_vs_budget.png"),
+                           title="Accuracy vs generation budget (all questions)")
+  bins = analysis["bins"]["oracle"]
+  labels = [f"bin {b + 1} (pass@1 {lo:.2f}-{hi:.2f})"
+            for b, (lo, hi) in enumerate(bins["value_ranges"])]
+  plots.per_bin_panels(budgets, {n: strategies[n]["bins"] for n in names},
+                       path("accuracy_by_difficulty_bin.png"),
+                       title="Accuracy vs budget per oracle difficulty bin (1 = easiest)",
+                       bin_labels=labels)
+  co = analysis["compute_optimal"]
+  curves = {f"compute-optimal ({k} bins)": co[k]["accuracy"] for k in ("oracle", "predicted")}
+  if analysis.get("router"):
+    router = analysis["router"]
+    curves[f"router (best-of-{router['probe_generations']} probe counted)"] = (
+        router["cost"], router["accuracy"])
+  plots.compute_optimal_vs_baseline(budgets, strategies[analysis["baseline"]]["all"], curves,
+                                    path("compute_optimal_vs_best_of_n.png"),
+                                    title="Compute-optimal vs best-of-N weighted",
+                                    efficiency=co["oracle"]["efficiency"])
+  plots.flops_matched_bars(results["flops_matched"]["rows"], path("flops_matched.png"),
+                           title="Small model + test-time compute vs ~14x larger model "
+                                 "(matched FLOPs)")
+  return files
+
+
+def _models_section(results: dict) -> list[str]:
+  models, quality = results["models"], results["quality"]
+  small, large = models["small"], models["large"]
+  verifier = models["verifier"]
+  q = quality["policy"]
+  v = quality["verifier"]
+  out = ["## Models", "",
+         f"- Small policy: {small['params']:,} params ({small['non_embedding_params']:,} "
+         f"non-embedding), eval loss {_fmt(small.get('eval_loss'))}.",
+         f"- Large policy: {large['params']:,} params ({large['non_embedding_params']:,} "
+         f"non-embedding), eval loss {_fmt(large.get('eval_loss'))}; size ratio "
+         f"{models['size_ratio']:.2f}x (total params, as the FLOPs model counts them).",
+         f"- Verifier: {verifier['verifier_params']:,} params, trained on {verifier['rows']:,} "
+         f"rows to step {verifier['step']}.",
+         f"- On {quality['questions']} questions x {quality['samples_per_question']} separate "
+         f"samples of the small policy: pass@1 {q['pass_at_1']:.3f}, coverage "
+         f"{q['coverage']:.3f}; large policy greedy {_fmt(quality.get('large_greedy'))}.",
+         f"- Verifier on those samples (`{v['aggregation']}` score): within-question AUC "
+         f"{_fmt(v['within_question_auc'])} ({v['within_question_pairs']:,} pairs), pooled AUC "
+         f"{_fmt(v['pooled_auc'])}. Every search result below depends on it.", ""]
+  rows = [[r["bin"], r["questions"], r["pass_at_1"], r["coverage"], r.get("large_greedy")]
+          for r in quality["per_bin"]]
+  out += [_table(["oracle bin", "questions", "small pass@1", f"small coverage@"
+                  f"{quality['samples_per_question']}", "large greedy"], rows), ""]
+  return out
+
+
+def _findings_section(results: dict) -> list[str]:
+  rows = []
+  for f in results["findings"]:
+    interval = "-" if f["interval"] is None else f"[{f['interval'][0]:.3f}, {f['interval'][1]:.3f}]"
+    rows.append([f["claim"], f["paper"], f["measured"], interval, f"**{f['verdict']}**",
+                 f"{f['rule']}{'; ' if f['rule'] and f['detail'] else ''}{f['detail']}"])
+  return ["## Findings", "",
+          "Each measured value is a mean per-question difference (or a budget ratio) with a 95% "
+          "bootstrap interval over questions resampled within difficulty bins. Verdict: "
+          "reproduced = the interval is on the paper's side; partly = only the point estimate "
+          "is; not reproduced = the point estimate is not.", "",
+          _table(["claim", "paper", "measured", "interval", "verdict", "rule; detail"], rows), ""]
+
+
+def _strategies_section(results: dict) -> list[str]:
+  analysis = results["analysis"]
+  budgets = analysis["budgets"]
+  names = plotted_curves(analysis["strategies"])
+  rows = [[n] + analysis["strategies"][n]["all"] for n in names]
+  co = analysis["compute_optimal"]
+  rows += [[f"compute-optimal ({k} bins)"] + co[k]["accuracy"] for k in ("oracle", "predicted")]
+  out = ["## Accuracy vs budget", "",
+         f"{analysis['questions']} questions, seeds {results['preset']['seeds']} averaged; "
+         "budget = generations (lookahead counts N (k + 1)).", "",
+         _table(["strategy"] + [f"N={b}" for b in budgets], rows), "",
+         "![accuracy vs budget](accuracy_vs_budget.png)", "",
+         "![per bin](accuracy_by_difficulty_bin.png)", ""]
+  return out
+
+
+def _efficiency_section(results: dict) -> list[str]:
+  analysis = results["analysis"]
+  co = analysis["compute_optimal"]
+  rows = []
+  for k in ("oracle", "predicted"):
+    for point, band in zip(co[k]["efficiency"], co[k]["efficiency_interval"]):
+      rows.append([f"{k} bins", point["budget"], point["baseline_accuracy"],
+                   point["matched_budget"], point["ratio"],
+                   f"[{band['ratio_low']:.2f}, {band['ratio_high']:.2f}]"])
+  router = analysis.get("router")
+  if router:
+    for point, band in zip(router["efficiency"], router["efficiency_interval"]):
+      rows.append([f"router (probe {router['probe_generations']})", point["budget"],
+                   point["baseline_accuracy"], point["matched_budget"], point["ratio"],
+                   f"[{band['ratio_low']:.2f}, {band['ratio_high']:.2f}]"])
+  return ["## Compute-optimal efficiency", "",
+          f"For each budget B, the smallest budget at which compute-optimal selection (2-fold "
+          f"cross-validated inside each bin) reaches best-of-N weighted's accuracy at B, and the "
+          f"ratio (paper: ~4x). The router bins each prompt online by the mean verifier score of "
+          f"its best-of-P probe, and its cost counts the P probe generations. Bin agreement "
+          f"oracle vs predicted: {analysis['bins']['agreement']:.2f}.", "",
+          _table(["selection", "B", "best-of-N acc", "matched at", "ratio", "95% interval"],
+                 rows), "", "![compute-optimal](compute_optimal_vs_best_of_n.png)", ""]
+
+
+def _flops_section(results: dict) -> list[str]:
+  fm = results["flops_matched"]
+  n_bins = len(fm["rows"][0]["bins"]) if fm["rows"] else 0
+  rows = [[row["accounting"], row["r"], row["multiplier"], row["matched_budget"]] +
+          [f"{_fmt(c['small'], 2)} / {_fmt(c['large'], 2)}" for c in row["bins"]]
+          for row in fm["rows"]]
+  return ["## FLOPs-matched comparison", "",
+          f"Large/small params {fm['size_ratio']:.2f}x. The large model's pretraining + "
+          "inference FLOPs (X = 6 N D_pretrain; Y = 2 N D_inference (v1) or 4 N D_inference "
+          "(ICLR)) buy the small model a test-time multiplier K; it runs compute-optimal search "
+          "at the largest swept budget <= K (\"-\": none fits), against the large model's "
+          "greedy answer. Cells: small / large accuracy per oracle bin.", "",
+          _table(["accounting", "R", "K", "budget"] + [f"bin {b + 1}" for b in range(n_bins)],
+                 rows), "", "![FLOPs matched](flops_matched.png)", ""]
+
+
+def render_report(results: dict) -> str:
+  preset = results["preset"]
+  walls = results.get("stage_wall_s", {})
+  timing = ", ".join(f"{k} {v:.0f} s" for k, v in walls.items() if v is not None)
+  lines = [f"# Reproduction: Snell et al. (2024) on the built-in task, preset `{preset['name']}`",
+           "", f"Stage times: {timing}." if timing else "", ""]
+  lines += _models_section(results)
+  lines += _findings_section(results)
+  lines += _strategies_section(results)
+  lines += _efficiency_section(results)
+  lines += _flops_section(results)
+  lines += ["## Revisions", "", "Not run: sequential revisions are issue #6.", ""]
+  return "\n".join(lines)
