@@ -11,6 +11,10 @@ from ttc_jax.decode import Greedy, generate
 from ttc_jax.model import ModelConfig, forward, init_cache, init_params
 
 
+# Jitted: eager op-by-op execution compiles every op for every new shape.
+_forward = jax.jit(forward, static_argnums=0)
+
+
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), n_kv=st.sampled_from([1, 2, 4]),
        prompt_lens=st.lists(st.integers(1, 12), min_size=3, max_size=3),
@@ -25,8 +29,13 @@ def test_cached_decode_matches_teacher_forced(seed, batch, n_kv, prompt_lens, ne
   out = generate(cfg, params, prompts, max_new_tokens=new, sampler=Greedy())
   for row, prompt in enumerate(prompts):
     generated = np.asarray(out.tokens[row])
-    full, _ = forward(cfg, params, jnp.asarray([prompt + list(generated)]))
-    teacher = full[0, len(prompt) - 1:-1]  # logits that predicted each generated token
+    # Right-padded to one width (causal: the padding changes no logit before it),
+    # so the jitted forward compiles once per config.
+    seq = np.zeros((1, 12 + 6), np.int32)
+    seq[0, :len(prompt) + new] = prompt + list(generated)
+    full, _ = _forward(cfg, params, jnp.asarray(seq))
+    # logits that predicted each generated token
+    teacher = full[0, len(prompt) - 1:len(prompt) + new - 1]
     np.testing.assert_array_equal(np.asarray(jnp.argmax(teacher, axis=-1)), generated)
     ref = jnp.take_along_axis(jax.nn.log_softmax(teacher), generated[:, None], axis=-1)[:, 0]
     np.testing.assert_allclose(out.logprobs[row], ref, atol=1e-5)
@@ -38,10 +47,10 @@ def test_chunked_cache_forward_matches_full_forward(seed, split):
   cfg = tiny_config()
   params = init_params(cfg, jax.random.key(seed))
   tokens = jax.random.randint(jax.random.key(seed + 1), (2, 10), 0, cfg.vocab_size)
-  full, _ = forward(cfg, params, tokens)
+  full, _ = _forward(cfg, params, tokens)
   cache = init_cache(cfg, 2, 16)
-  first, cache = forward(cfg, params, tokens[:, :split], cache=cache)
-  second, cache = forward(cfg, params, tokens[:, split:], cache=cache)
+  first, cache = _forward(cfg, params, tokens[:, :split], cache=cache)
+  second, cache = _forward(cfg, params, tokens[:, split:], cache=cache)
   np.testing.assert_allclose(jnp.concatenate([first, second], 1), full, atol=1e-5)
   assert list(np.asarray(cache.lengths)) == [10, 10]
 
@@ -51,12 +60,12 @@ def test_per_row_offsets_in_one_batch():
   cfg = tiny_config()
   params = init_params(cfg, jax.random.key(3))
   tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
-  full, _ = forward(cfg, params, tokens)
+  full, _ = _forward(cfg, params, tokens)
   cache = init_cache(cfg, 2, 16)
-  _, cache = forward(cfg, params, tokens[:, :8], cache=cache)
+  _, cache = _forward(cfg, params, tokens[:, :8], cache=cache)
   cache = cache.replace(lengths=jnp.array([5, 8]))  # row 0 rewinds to 5 tokens
   nxt = jnp.stack([tokens[0, 5], tokens[1, 8]])[:, None]
-  logits, cache = forward(cfg, params, nxt, cache=cache)
+  logits, cache = _forward(cfg, params, nxt, cache=cache)
   np.testing.assert_allclose(logits[0, 0], full[0, 5], atol=1e-5)
   np.testing.assert_allclose(logits[1, 0], full[1, 8], atol=1e-5)
   assert list(np.asarray(cache.lengths)) == [6, 9]
