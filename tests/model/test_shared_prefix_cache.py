@@ -11,6 +11,8 @@ from ttc_jax.model.cache import commit_to_history, fan_out, fan_out_beams
 
 CFG = tiny_config()
 N = 3
+# Jitted: eager op-by-op execution compiles every op for every new shape.
+_forward = jax.jit(forward, static_argnums=0)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def _feed(params, cache, tokens):
   """Feeds tokens [R, T] in chunks of 1, 3 and the rest -> logits [R, T, V], cache."""
   out = []
   for a, b in ((0, 1), (1, 4), (4, tokens.shape[1])):
-    logits, cache = forward(CFG, params, tokens[:, a:b], cache=cache)
+    logits, cache = _forward(CFG, params, tokens[:, a:b], cache=cache)
     out.append(logits)
   return jnp.concatenate(out, axis=1), cache
 
