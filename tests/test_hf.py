@@ -33,6 +33,17 @@ LOGIT_TOL = 1e-4
 NEW_TOKENS = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+  """One torch intra-op thread for these tiny models: on a 2-core machine that
+  is busy with other work, torch's worker threads made each parity test ~5x
+  slower. (Set per module: experiments/bench_decode sets all cores.)"""
+  before = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(before)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _greedy_step(cfg, params, tokens, cache):
   logits, cache = forward(cfg, params, tokens, cache=cache)
