@@ -54,9 +54,9 @@ transformers.__version__)"' ;;
     decode_xla) TTC_JAX_KERNELS=xla run decode_xla 150 python3 -m experiments.bench_decode \
         --config=llama_1b --dtype=bfloat16 --batch_sizes=64,256 --prompt_len=32 \
         --new_tokens=128 --repeats=3 --read_mb=4096 --json_out="$out/decode_xla.jsonl" ;;
-    peer) run peer 240 python3 -m experiments.bench_peer_workload --config=llama_1b \
+    peer) run peer 180 python3 -m experiments.bench_peer_workload --config=llama_1b \
         --prompts_per_call="$per_call" --calls="${PEER_CALLS:-2}" --json_out="$out/peer.jsonl" ;;
-    peer_xla) TTC_JAX_KERNELS=xla run peer_xla 240 python3 -m experiments.bench_peer_workload \
+    peer_xla) TTC_JAX_KERNELS=xla run peer_xla 180 python3 -m experiments.bench_peer_workload \
         --config=llama_1b --prompts_per_call="$per_call" --calls="${PEER_CALLS:-2}" \
         --json_out="$out/peer_xla.jsonl" ;;
     bon_shared) run bon_shared 120 python3 -m experiments.bench_search --config=llama_1b \

@@ -75,6 +75,7 @@ class Preset:
   n_boot: int = 1000
   max_step_tokens: int = 16  # arithmetic steps take <= 14 tokens
   train_steps: int | None = None  # override both policies' steps (smoke)
+  few_compiles: bool = False  # run_search --few_compiles: short sweeps are mostly compiling
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -87,12 +88,12 @@ PRESETS = {
         prm=PrmSpec(num_questions=48, samples=2, contrastive_copies=1, lr=3e-4, max_epochs=1.0,
                     eval_every=0, batch_size=32),
         questions=20, difficulty_samples=16, budgets=(1, 2, 4), methods=_METHODS, ms=("2",),
-        ks=(1,), seeds=(0, 1), probe=1, bins=5, n_boot=200),
+        ks=(1,), seeds=(0, 1), probe=1, bins=5, n_boot=200, few_compiles=True),
     "demo": Preset(
         name="demo", small="small", large="large", verifier_backbone="small_verifier",
         prm=PrmSpec(num_questions=1000, samples=2, contrastive_copies=3, lr=3e-4, max_epochs=1.0,
                     eval_every=50),
-        questions=200, difficulty_samples=64, budgets=(1, 2, 4, 8, 16, 32), methods=_METHODS,
+        questions=150, difficulty_samples=64, budgets=(1, 2, 4, 8, 16), methods=_METHODS,
         ms=("4", "sqrt"), ks=(1, 3), seeds=(0, 1), probe=4, bins=5, n_boot=1000),
     "paper": Preset(
         name="paper", small="small", large="large", verifier_backbone="small_verifier",
@@ -220,17 +221,39 @@ def search_options(preset: Preset, out: str, name: str, **grid):
   from experiments.run_search import Options
   return Options(policy=os.path.join(out, "small"), prm=os.path.join(out, "prm"),
                  out_dir=os.path.join(out, name), num_questions=preset.questions,
-                 max_step_tokens=preset.max_step_tokens, **grid)
+                 max_step_tokens=preset.max_step_tokens, few_compiles=preset.few_compiles,
+                 **grid)
 
 
-def search_stage(opts, progress: bool, log: Callable[[str], None]) -> dict:
+def sweep_grids(preset: Preset) -> list[dict]:
+  """run_search grids of the sweep. Lookahead costs N (k + 1) generations, so
+  each k runs only the N whose cost stays within the largest budget (the
+  analysis compares strategies at equal generations)."""
+  others = tuple(m for m in preset.methods if m != "lookahead")
+  grids = [dict(methods=others, ns=preset.budgets, ms=preset.ms, ks=(0,))] if others else []
+  if "lookahead" in preset.methods:
+    for k in preset.ks:
+      ns = tuple(n for n in preset.budgets if n * (k + 1) <= max(preset.budgets))
+      if ns:
+        grids.append(dict(methods=("lookahead",), ns=ns, ms=preset.ms, ks=(k,)))
+  return grids
+
+
+def search_stage(preset: Preset, out: str, name: str, grids: list[dict], seeds: tuple[int, ...],
+                 progress: bool, log: Callable[[str], None]) -> dict:
+  """run_search over each grid into OUT/name (one results file: lines are keyed
+  by config, so the grids share it and a restart resumes any of them)."""
   import jax
   from experiments import run_search
   from ttc_jax import sharding
   mesh = sharding.make_mesh() if jax.device_count() > 1 else None
-  summary = run_search.run(opts, print_fn=lambda s: None, progress=progress, mesh=mesh)
-  log(f"{summary['lines']} lines in {opts.out_dir}")
-  return {"lines": summary["lines"], "skipped": summary["skipped"]}
+  lines, skipped = 0, []
+  for grid in grids:
+    opts = search_options(preset, out, name, seeds=seeds, **grid)
+    summary = run_search.run(opts, print_fn=lambda s: None, progress=progress, mesh=mesh)
+    lines, skipped = lines + summary["lines"], skipped + summary["skipped"]
+  log(f"{lines} lines in {os.path.join(out, name)}")
+  return {"lines": lines, "skipped": skipped}
 
 
 def large_greedy_stage(preset: Preset, out: str) -> dict:
@@ -271,7 +294,8 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
   table = [row for accounting in ("v1", "iclr") for row in flops_matched_table(
       p.outcomes.budgets, co.per_question, p.oracle.bin_of, p.oracle.n_bins, large_correct,
       size_ratio=ratio, accounting=accounting)]
-  findings = (F.search_findings(p, n_boot=preset.n_boot)
+  fixed = [int(m) for m in preset.ms if m != "sqrt"]  # the findings' fixed beam width
+  findings = (F.search_findings(p, m=fixed[0] if fixed else F.FIXED_M, n_boot=preset.n_boot)
               + [F.efficiency_finding(p, name, n_boot=preset.n_boot)
                  for name in ("oracle", "predicted")]
               + [F.flops_matched_finding(table)] + F.revision_findings())
@@ -323,12 +347,11 @@ def reproduce(preset: Preset, out: str, progress: bool = True,
         preset.verifier_backbone, os.path.join(out, "verifier_backbone"), preset.train_steps,
         progress, log))
   done["prm"] = stages.run("prm", lambda: prm_stage(preset, out, progress, log))
-  done["difficulty"] = stages.run("difficulty", lambda: search_stage(search_options(
-      preset, out, "difficulty", methods=("best_of_n",), ns=(preset.difficulty_samples,),
-      seeds=(DIFFICULTY_SEED,)), progress, log))
-  done["sweep"] = stages.run("sweep", lambda: search_stage(search_options(
-      preset, out, "sweep", methods=preset.methods, ns=preset.budgets, ms=preset.ms,
-      ks=preset.ks, seeds=preset.seeds), progress, log))
+  done["difficulty"] = stages.run("difficulty", lambda: search_stage(
+      preset, out, "difficulty", [dict(methods=("best_of_n",), ns=(preset.difficulty_samples,))],
+      (DIFFICULTY_SEED,), progress, log))
+  done["sweep"] = stages.run("sweep", lambda: search_stage(
+      preset, out, "sweep", sweep_grids(preset), preset.seeds, progress, log))
   done["large_greedy"] = stages.run("large_greedy", lambda: large_greedy_stage(preset, out))
   done["report"] = stages.run("report", lambda: report_stage(preset, out, done, stages.wall(),
                                                              log))

@@ -100,6 +100,7 @@ class Options:
   max_rounds: int = 40
   max_steps: int = 48
   write_texts: bool = False
+  few_compiles: bool = False  # one beam-history width, no tail call: same lines, fewer compiles
 
   def settings(self) -> dict:
     """What every result line depends on besides its own config (run.json)."""
@@ -128,7 +129,8 @@ class Config:
     return SearchConfig(method=self.method, n=self.n, m=self.m or 1, k=self.k,
                         max_rounds=opts.max_rounds, max_step_tokens=opts.max_step_tokens,
                         max_solution_tokens=opts.max_solution_tokens, max_steps=opts.max_steps,
-                        sampler=Temperature(self.temperature))
+                        sampler=Temperature(self.temperature),
+                        **(dict(round_widths=1, tail_fraction=0) if opts.few_compiles else {}))
 
   def label(self) -> str:
     beams = "" if self.m is None else f" m={self.m}"
@@ -515,6 +517,9 @@ def _define_flags():
   flags.DEFINE_integer("max_rounds", 40, "Step rounds of the step-wise methods.")
   flags.DEFINE_integer("max_steps", 48, "Step scores kept per candidate.")
   flags.DEFINE_bool("write_texts", False, "Also write every candidate's text.")
+  flags.DEFINE_bool("few_compiles", False, "Trade run time for compile time (one beam-history "
+                    "width, no separate tail call; the same lines): for short sweeps of many "
+                    "configs.")
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
   flags.DEFINE_string("out_dir", None, "Output directory (results.jsonl, summary.json).")
   flags.mark_flags_as_required(["policy", "out_dir"])
@@ -533,7 +538,7 @@ def options_from_flags(f) -> Options:
       question_offset=f.question_offset, question_order=f.question_order,
       batch_questions=f.batch_questions, max_step_tokens=f.max_step_tokens,
       max_solution_tokens=f.max_solution_tokens, max_rounds=f.max_rounds,
-      max_steps=f.max_steps, write_texts=f.write_texts)
+      max_steps=f.max_steps, write_texts=f.write_texts, few_compiles=f.few_compiles)
 
 
 def main(argv: Sequence[str]) -> None:

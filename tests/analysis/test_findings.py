@@ -66,3 +66,14 @@ def test_flops_matched_finding_reads_signs_per_r():
 
 def test_revision_findings_are_marked_not_measured():
   assert {f.verdict for f in F.revision_findings()} == {"not measured"}
+
+
+def test_efficiency_needs_a_baseline_that_gains_from_budget():
+  """A flat best-of-N curve is "matched" at the smallest budget by anything: not a saving."""
+  lines, difficulty = _lines(40, beam_better=False)
+  flat = [dict(l, selected={k: {"correct": False} for k in l["selected"]}) for l in lines]
+  p = prepare(flat, samples=16, difficulty_lines=difficulty)
+  found = F.efficiency_finding(p, "oracle", n_boot=50)
+  assert found.verdict == "not measured" and "gains nothing" in found.detail
+  p = prepare(lines, samples=16, difficulty_lines=difficulty)
+  assert F.efficiency_finding(p, "oracle", n_boot=50).measured is not None

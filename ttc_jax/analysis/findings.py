@@ -23,8 +23,7 @@ from ttc_jax.analysis.sweep import Prepared
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_MEASURED = (
     "reproduced", "partly", "not reproduced", "not measured")
-BEAM = "beam[m=4]:weighted:last"  # the paper's M = 4 setting, best-of-N weighted at the end
-LOOKAHEAD_PREFIX = "lookahead[m=4,"
+FIXED_M = 4  # the paper's fixed beam width (beside M = sqrt N)
 HARDEST_GAIN = 0.10  # "nothing helps": the best search gains < 10 points over one sample
 EFFICIENCY_FLOOR = 2.0  # "~4x": at least half of it
 LEVEL = 0.95
@@ -115,9 +114,16 @@ def _lower_half(cols: list[int]) -> list[int]:
   return cols[:max(1, (len(cols) + 1) // 2)]
 
 
-def search_findings(p: Prepared, *, n_boot: int = 1000, seed: int = 0) -> list[Finding]:
-  """Beam vs best-of-N (overall and by bin), lookahead, aggregation."""
-  base = p.baseline
+def beam_name(m: int = FIXED_M) -> str:
+  """Beam search at a fixed width M with best-of-N weighted (`last`) at the end."""
+  return f"beam[m={m}]:weighted:last"
+
+
+def search_findings(p: Prepared, *, m: int = FIXED_M, n_boot: int = 1000, seed: int = 0
+                    ) -> list[Finding]:
+  """Beam (fixed width m) vs best-of-N (overall and by bin), lookahead at the
+  same m, aggregation."""
+  base, beam = p.baseline, beam_name(m)
   last_bin = p.oracle.n_bins - 1
   middle = np.flatnonzero((p.oracle.bin_of > 0) & (p.oracle.bin_of < last_bin))
   kw = dict(n_boot=n_boot, seed=seed)
@@ -125,18 +131,18 @@ def search_findings(p: Prepared, *, n_boot: int = 1000, seed: int = 0) -> list[F
       _difference_finding(p, "beam_beats_best_of_n_at_low_budgets",
                           "Beam search beats best-of-N at low budgets",
                           "beam (M=4) above best-of-N weighted for N <= 16 (Fig. 3 left)",
-                          BEAM, base, _lower_half, "above", **kw),
+                          beam, base, _lower_half, "above", **kw),
       _difference_finding(p, "beam_falls_behind_at_high_budgets",
                           "Beam search falls behind best-of-N at high budgets",
                           "best-of-N weighted catches up with or passes beam at N = 256",
-                          BEAM, base, lambda cols: cols[-1:], "below", **kw),
+                          beam, base, lambda cols: cols[-1:], "below", **kw),
   ]
   lookaheads = sorted(s for s in p.outcomes.strategies
-                      if s.startswith(LOOKAHEAD_PREFIX) and s.endswith(":weighted:last"))
+                      if s.startswith(f"lookahead[m={m},") and s.endswith(":weighted:last"))
   claim, paper = "Lookahead search generally underperforms beam search at equal cost", \
       "lookahead (k = 1, 3; cost N (k + 1)) below beam at every budget (Fig. 3 left)"
   if lookaheads:
-    parts = [_difference_finding(p, "lookahead_underperforms", claim, paper, s, BEAM,
+    parts = [_difference_finding(p, "lookahead_underperforms", claim, paper, s, beam,
                                  lambda cols: cols, "below", **kw) for s in lookaheads]
     measured = [f for f in parts if f.measured is not None]
     if measured:  # the k with the best showing stands for lookahead
@@ -149,28 +155,29 @@ def search_findings(p: Prepared, *, n_boot: int = 1000, seed: int = 0) -> list[F
     out.append(_not_measured("lookahead_underperforms", claim, paper, "no lookahead in the sweep"))
   easy = np.flatnonzero(p.oracle.bin_of == 0)
   out += [
-      _easy_bin_degradation(p, easy, **kw),
+      _easy_bin_degradation(p, easy, beam, **kw),
       _difference_finding(p, "beam_wins_on_medium_and_hard_bins",
                           "On medium and hard bins beam search beats best-of-N",
                           "beam above best-of-N weighted on bins 2-4 (Fig. 3 right)",
-                          BEAM, base, lambda cols: cols, "above", questions=middle, **kw),
+                          beam, base, lambda cols: cols, "above", questions=middle, **kw),
       _hardest_bin_gain(p, **kw),
       _aggregation_finding(p, **kw),
   ]
   return out
 
 
-def _easy_bin_degradation(p: Prepared, easy: np.ndarray, *, n_boot: int, seed: int) -> Finding:
+def _easy_bin_degradation(p: Prepared, easy: np.ndarray, beam_strategy: str, *, n_boot: int,
+                          seed: int) -> Finding:
   id, claim = "beam_degrades_with_budget_on_easy_bin", \
       "On the easiest bin beam search degrades as the budget grows"
   paper = "bin 1: beam's accuracy falls with N while best-of-N's does not (Fig. 3 right)"
-  why = _missing(p, BEAM)
-  cols = [] if why else _complete_budgets(p, BEAM)
+  why = _missing(p, beam_strategy)
+  cols = [] if why else _complete_budgets(p, beam_strategy)
   if not why and len(cols) < 2:
     why = "beam ran at fewer than two budgets"
   if why:
     return _not_measured(id, claim, paper, why)
-  beam = _acc(p, BEAM)
+  beam = _acc(p, beam_strategy)
   change = beam[cols[-1], easy] - beam[cols[0], easy]
   point, interval = bootstrap_mean(change, p.oracle.bin_of[easy], n_boot=n_boot, seed=seed)
   base = _acc(p, p.baseline)
@@ -230,8 +237,12 @@ def efficiency_finding(p: Prepared, bins_name: str, *, n_boot: int = 1000, seed:
   budgets = p.outcomes.budgets
   if len(budgets) < 2:
     return _not_measured(id, claim, paper, "one budget: no saving to measure")
-  co = compute_optimal(p.outcomes, bins, seed=seed)
   base = _acc(p, p.baseline)
+  if base[-1].mean() <= base[0].mean():  # any curve "matches" it at the smallest budget
+    return _not_measured(id, claim, paper, f"best-of-N weighted gains nothing from budget "
+                         f"({base[0].mean():.3f} at {budgets[0]}, {base[-1].mean():.3f} at "
+                         f"{budgets[-1]}): no saving to measure")
+  co = compute_optimal(p.outcomes, bins, seed=seed)
   point = efficiency(budgets, base.mean(axis=1), co.accuracy)[-1]
   band = bootstrap_efficiency(budgets, base, co.per_question, p.oracle.bin_of, n_boot=n_boot,
                               seed=seed)[-1]

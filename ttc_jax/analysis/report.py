@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 
-BEAM = "beam[m=4]:weighted:last"
-CURVES = ("best_of_n:weighted:last", "best_of_n:majority", BEAM,
-          "lookahead[m=4,k=1]:weighted:last", "lookahead[m=4,k=3]:weighted:last",
-          "dvts[m=4]:weighted:last")
+MAJORITY = "best_of_n:majority"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -24,10 +21,38 @@ def _table(header: list[str], rows: list[list]) -> str:
   return "\n".join(lines)
 
 
+SQRT_BEAM = "beam[m=sqrt N]:weighted:last"
+
+
 def plotted_curves(strategies: dict) -> list[str]:
-  """The strategies the accuracy plots draw: the paper's methods at their
-  paper settings (M = 4; the M = sqrt(N) beams are many strategies, one per M)."""
-  return [name for name in CURVES if name in strategies]
+  """The curves the accuracy plots and table show: every method with
+  weighted best-of-N selection (`last` score) that ran at two budgets or
+  more, majority voting, and M = sqrt(N) beam search as one curve
+  (`with_sqrt_beam`; its per-M strategies have one budget each)."""
+  def budgets_run(name):
+    return sum(v is not None for v in strategies[name]["all"])
+  names = [n for n in strategies
+           if n.endswith(":weighted:last") and n != SQRT_BEAM and budgets_run(n) >= 2]
+  names.sort(key=lambda n: (not n.startswith("best_of_n"), n))
+  return names + [n for n in (MAJORITY, SQRT_BEAM) if n in strategies]
+
+
+def with_sqrt_beam(strategies: dict, budgets: list[int]) -> dict:
+  """`strategies` plus the paper's M = sqrt(N) beam search as one curve: the
+  sweep holds it as one strategy per M (beam[m=2] at N=4, beam[m=4] at N=16, ...)."""
+  def at(budget, key, b=None):
+    root = int(round(budget ** 0.5))
+    row = strategies.get(f"beam[m={root}]:weighted:last") if root * root == budget else None
+    if row is None:
+      return None
+    j = budgets.index(budget)
+    return row[key][j] if b is None else row[key][b][j]
+  if not any(at(budget, "all") is not None for budget in budgets):
+    return strategies
+  n_bins = len(next(iter(strategies.values()))["bins"])
+  curve = {"all": [at(budget, "all") for budget in budgets],
+           "bins": [[at(budget, "bins", b) for budget in budgets] for b in range(n_bins)]}
+  return {**strategies, SQRT_BEAM: curve}
 
 
 def write_plots(results: dict, out_dir: str) -> list[str]:
@@ -35,7 +60,7 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
   from ttc_jax.analysis import plots
   analysis = results["analysis"]
   budgets = analysis["budgets"]
-  strategies = analysis["strategies"]
+  strategies = with_sqrt_beam(analysis["strategies"], budgets)
   names = plotted_curves(strategies)
   files = []
 
@@ -113,8 +138,8 @@ def _findings_section(results: dict) -> list[str]:
 def _strategies_section(results: dict) -> list[str]:
   analysis = results["analysis"]
   budgets = analysis["budgets"]
-  names = plotted_curves(analysis["strategies"])
-  rows = [[n] + analysis["strategies"][n]["all"] for n in names]
+  strategies = with_sqrt_beam(analysis["strategies"], budgets)
+  rows = [[n] + strategies[n]["all"] for n in plotted_curves(strategies)]
   co = analysis["compute_optimal"]
   rows += [[f"compute-optimal ({k} bins)"] + co[k]["accuracy"] for k in ("oracle", "predicted")]
   out = ["## Accuracy vs budget", "",
