@@ -11,7 +11,8 @@
 #   decode_only the same without transformers
 #   decode_xla the same with the XLA attention path (TTC_JAX_KERNELS=xla), ttc_jax only
 #   peer       bench_peer_workload: beam search N=256, M=4, 40 forced rounds of 32 tokens
-#              (on an H200: ~70 s setup + 16 s compile + ~22 s per call: keep its limit >= 200 s)
+#              (session 9, H100: ~75 s setup + ~100 s compile before the first timed call;
+#              run it in a command of its own: its limit is 400 s)
 #   peer_xla   the same with TTC_JAX_KERNELS=xla
 #   bon_shared bench_search: best-of-256 on one 512-token prompt, shared vs replicated prompt KV
 # Run from the repository root; uses the machine's python3 and its packages.
@@ -43,7 +44,7 @@ for stage in "$@"; do
     env) run env 60 bash -c 'nvidia-smi; python3 -c "import jax, flax, optax, torch, transformers;
 print(jax.__version__, jax.default_backend(), jax.devices(), flax.__version__, torch.__version__,
 transformers.__version__)"' ;;
-    kernels) run kernels 100 python3 -m pytest -q -rs -k "GPU or gpu" tests/kernels \
+    kernels) run kernels 200 python3 -m pytest -q -rs -k "GPU or gpu" tests/kernels \
         tests/model/test_decode_kernel.py ;;
     decode) run decode 200 python3 -m experiments.bench_decode --config=llama_1b --dtype=bfloat16 \
         --batch_sizes=64,256 --prompt_len=32 --new_tokens=128 --repeats=3 --read_mb=4096 \
@@ -54,9 +55,9 @@ transformers.__version__)"' ;;
     decode_xla) TTC_JAX_KERNELS=xla run decode_xla 150 python3 -m experiments.bench_decode \
         --config=llama_1b --dtype=bfloat16 --batch_sizes=64,256 --prompt_len=32 \
         --new_tokens=128 --repeats=3 --read_mb=4096 --json_out="$out/decode_xla.jsonl" ;;
-    peer) run peer 180 python3 -m experiments.bench_peer_workload --config=llama_1b \
+    peer) run peer 400 python3 -m experiments.bench_peer_workload --config=llama_1b \
         --prompts_per_call="$per_call" --calls="${PEER_CALLS:-2}" --json_out="$out/peer.jsonl" ;;
-    peer_xla) TTC_JAX_KERNELS=xla run peer_xla 180 python3 -m experiments.bench_peer_workload \
+    peer_xla) TTC_JAX_KERNELS=xla run peer_xla 400 python3 -m experiments.bench_peer_workload \
         --config=llama_1b --prompts_per_call="$per_call" --calls="${PEER_CALLS:-2}" \
         --json_out="$out/peer_xla.jsonl" ;;
     bon_shared) run bon_shared 120 python3 -m experiments.bench_search --config=llama_1b \
