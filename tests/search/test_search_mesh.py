@@ -1,7 +1,8 @@
 """Search split over a 2-device data axis == the same search on one device.
 
 JAX fixes its device count when its backend starts, so the 2-device run is a
-subprocess (this file executed as a script prints a JSON report).
+subprocess (this file executed as a script prints a JSON report); the
+one-device searches run in this process meanwhile.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METHODS = (("beam", 0), ("lookahead", 1), ("best_of_n", 0))
+BUDGET_FIELDS = ("policy_tokens", "verifier_tokens", "rounds")
 
 
-def _report() -> dict:
+def _searches(two_devices: bool) -> dict:
+  """method -> the search's tokens, step scores and budget, on one device or
+  split over a 2-device mesh."""
   import jax
-  import numpy as np
 
   from tests.conftest import tiny_config
   from ttc_jax import sharding
@@ -27,35 +33,44 @@ def _report() -> dict:
   policy = init_params(cfg, jax.random.key(0))
   vcfg = VerifierConfig(model=cfg, head="token", step_token_id=22)
   vparams = init_verifier(vcfg, jax.random.key(1), policy)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh() if two_devices else None
   prompts = [[1, 5, 6], [1, 9, 9, 9, 9], [1, 4]]  # odd: the mesh path pads to 4
   report = {"devices": jax.device_count()}
-  for method, k in (("beam", 0), ("lookahead", 1), ("best_of_n", 0)):
+  for method, k in METHODS:
     scfg = SearchConfig(method, 4, m=2, k=k, max_solution_tokens=24, max_step_tokens=8,
                         max_steps=24)
-    one = search(cfg, policy, vcfg, vparams, prompts, scfg, eos_id=15, prompt_width=8)
-    two = search(cfg, policy, vcfg, vparams, prompts, scfg, eos_id=15, prompt_width=8, mesh=mesh)
+    out = search(cfg, policy, vcfg, vparams, prompts, scfg, eos_id=15, prompt_width=8, mesh=mesh)
     report[method] = {
-        "tokens_equal": bool(np.array_equal(one.tokens, two.tokens)),
-        "score_diff": float(np.abs(one.step_scores - two.step_scores).max()),
-        "budget_equal": all(bool(np.array_equal(getattr(one.budget, f), getattr(two.budget, f)))
-                            for f in ("policy_tokens", "verifier_tokens", "rounds")),
-        "shape": list(two.tokens.shape)}
+        "tokens": np.asarray(out.tokens).tolist(),
+        "step_scores": np.asarray(out.step_scores, np.float64).tolist(),
+        "budget": {f: np.asarray(getattr(out.budget, f)).tolist() for f in BUDGET_FIELDS}}
   return report
 
 
 def test_two_device_search_matches_one_device():
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300, check=True)
-  report = json.loads(out.stdout.strip().splitlines()[-1])
+  child = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    one = _searches(two_devices=False)  # while the child runs
+    stdout, stderr = child.communicate(timeout=300)
+  finally:
+    if child.poll() is None:
+      child.kill()
+      child.communicate()
+  assert child.returncode == 0, stderr[-6000:]
+  report = json.loads(stdout.strip().splitlines()[-1])
   assert report["devices"] == 2
-  for method in ("beam", "lookahead", "best_of_n"):
-    r = report[method]
-    assert r["shape"][:2] == [3, 4]
-    assert r["tokens_equal"] and r["budget_equal"], (method, r)
-    assert r["score_diff"] < 1e-5, (method, r)
+  for method, _ in METHODS:
+    two, want = report[method], one[method]
+    tokens = np.asarray(two["tokens"])
+    assert list(tokens.shape[:2]) == [3, 4], method
+    np.testing.assert_array_equal(tokens, np.asarray(want["tokens"]), err_msg=method)
+    for f in BUDGET_FIELDS:
+      np.testing.assert_array_equal(two["budget"][f], want["budget"][f], err_msg=(method, f))
+    score_diff = np.abs(np.asarray(two["step_scores"]) - np.asarray(want["step_scores"])).max()
+    assert score_diff < 1e-5, (method, score_diff)
 
 
 if __name__ == "__main__":
-  print(json.dumps(_report()))
+  print(json.dumps(_searches(two_devices=True)))
