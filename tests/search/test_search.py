@@ -24,6 +24,11 @@ PROMPTS = [[1, 5, 6], [1, 9, 9, 9, 9], [1, 4], [1, 30, 31]]
 LIMITS = dict(max_solution_tokens=24, max_step_tokens=8, max_steps=24, tail_fraction=0)
 
 
+# The one-pass reference scorer, jitted: eager op-by-op execution compiles every
+# op for every new shape.
+_step_scores = jax.jit(step_scores, static_argnums=0, static_argnames=("max_steps",))
+
+
 @pytest.fixture(scope="module")
 def models():
   policy = init_params(CFG, jax.random.key(0))
@@ -100,8 +105,8 @@ def test_search_step_scores_equal_one_pass_rescoring(models, method, extra):
       if sol and sol[-1] == EOS:
         sol = sol[:-1]
       row = jnp.asarray([prompt + sol + [0] * (40 - len(prompt) - len(sol))])
-      s, mask = step_scores(vcfg, vparams, row, jnp.asarray([len(prompt)]),
-                            jnp.asarray([len(prompt) + len(sol)]), max_steps=24)
+      s, mask = _step_scores(vcfg, vparams, row, jnp.asarray([len(prompt)]),
+                             jnp.asarray([len(prompt) + len(sol)]), max_steps=24)
       n_steps = int(out.step_mask[q, i].sum())
       assert int(np.asarray(mask).sum()) == n_steps
       np.testing.assert_allclose(out.step_scores[q, i, :n_steps], np.asarray(s[0, :n_steps]),
@@ -176,11 +181,14 @@ def test_prompt_bucket_that_overflows_falls_back_to_the_exact_width(models):
     search(small, policy, vcfg.replace(model=small), vparams, [prompt * 2], scfg, eos_id=EOS)
 
 
-@pytest.mark.parametrize("method,extra", [("best_of_n", {}), ("beam", {}), ("dvts", {}),
-                                          ("lookahead", {"k": 1})])
+# best_of_n, beam and dvts take the settings of a search above (best_of_n has
+# no rounds), so their shared-prefix run reuses its compile.
+@pytest.mark.parametrize("method,extra", [("best_of_n", {}), ("beam", {}),
+                                          ("dvts", {"n": 8, "max_rounds": 5}),
+                                          ("lookahead", {"k": 1, "max_rounds": 4})])
 def test_shared_prefix_equals_replicated_prompt_kv(models, method, extra):
   """The prompt's KV stored once (the default) gives the replicated search's results."""
-  kw = dict(method=method, n=4, m=2, max_rounds=4, **extra)
+  kw = {"method": method, "n": 4, "m": 2, **extra}
   shared = _search(models, shared_prefix=True, **kw)
   copied = _search(models, shared_prefix=False, **kw)
   np.testing.assert_array_equal(shared.tokens, copied.tokens)
@@ -299,7 +307,7 @@ def test_candidates_scored_after_one_prompt_pass_equal_one_pass_over_rows(models
     p = PROMPTS[i // n]
     rows[i, :len(p) + c] = p + solutions[i, :c].tolist()
   row_plens = np.repeat(plens, n)
-  want, want_mask = step_scores(vcfg, vparams, rows, row_plens, row_plens + content, max_steps=12)
+  want, want_mask = _step_scores(vcfg, vparams, rows, row_plens, row_plens + content, max_steps=12)
   np.testing.assert_array_equal(mask, want_mask)
   assert np.asarray(mask).sum() > len(content)  # several steps per row were scored
   np.testing.assert_allclose(np.where(mask, scores, 0), np.where(want_mask, want, 0),
