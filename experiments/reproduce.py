@@ -171,16 +171,17 @@ def check_preset(out_dir: str, preset: Preset) -> None:
   """Pins OUT to one preset: a rerun with other settings would mix results."""
   from ttc_jax.checkpoints import write_json_atomic
   path = os.path.join(out_dir, "preset.json")
+  current = json.loads(json.dumps(preset.to_dict()))  # tuples as JSON lists
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    if saved != json.loads(json.dumps(preset.to_dict())):
-      diff = sorted(k for k in saved if saved.get(k) != json.loads(json.dumps(preset.to_dict()))
-                    .get(k))
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if differ:
       raise ValueError(f"{out_dir} holds a reproduction with other settings (differs in "
-                       f"{diff}); use a new --out_dir")
+                       f"{differ}); use a new --out_dir")
   else:
-    write_json_atomic(path, preset.to_dict())
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(path, current)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -389,6 +390,7 @@ def main(argv):
   try:
     preset = preset_from_flags()
     validate(preset)
+    check_preset(FLAGS.out_dir, preset)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   distributed.initialize_from_flags()

@@ -456,9 +456,16 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   start = time.perf_counter()
   with tqdm.tqdm(total=total, desc="search", unit="line", disable=not progress,
                  file=sys.stderr) as bar:
+    compiled_for = None
     for config, seed, pending in work:
       if not pending:
         continue
+      if compiled_for not in (None, config):
+        # Every config compiles its own executables, and each one keeps
+        # ~10^3 memory maps on XLA:CPU: a long sweep ran into the kernel's
+        # 65,530-map limit ("LLVM ERROR: Unable to allocate section memory").
+        jax.clear_caches()
+      compiled_for = config
       scfg = config.search_config(opts)
       # Sized by the whole question list, not what is pending: a resumed run
       # reuses the compiled shape and computes rows exactly as the first run did.
