@@ -38,8 +38,8 @@ def _load_worker_module():
   return module
 
 
-def _worker_env() -> dict:
-  env = dict(os.environ)
+def _worker_env(base: dict) -> dict:
+  env = dict(base)
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_NUM_CPU_DEVICES", None)  # the worker sets its own device count
   flags = [f for f in env.get("XLA_FLAGS", "").split()
@@ -49,7 +49,7 @@ def _worker_env() -> dict:
   return env
 
 
-def _run_workers(out_dir: str) -> None:
+def _run_workers(out_dir: str, base_env: dict) -> None:
   """Runs both workers; kills both as soon as one fails or the deadline passes."""
   port = _free_port()
   procs, logs = [], []
@@ -59,7 +59,7 @@ def _run_workers(out_dir: str) -> None:
              "--num_processes=2", f"--process_id={pid}", "--local_device_count=2",
              f"--out={out_dir}", f"--meshes={','.join(MESHES)}"]
       logs.append(open(os.path.join(out_dir, f"worker{pid}.log"), "w+"))
-      procs.append(subprocess.Popen(cmd, cwd=REPO, env=_worker_env(), stdout=logs[-1],
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=_worker_env(base_env), stdout=logs[-1],
                                     stderr=subprocess.STDOUT, text=True))
     deadline = time.monotonic() + TIMEOUT_S
     failure = None
@@ -92,9 +92,16 @@ def _run_workers(out_dir: str) -> None:
       log.close()
 
 
+def _workers(job):
+  """Both workers, as a background job (tests/conftest.py): their output directory."""
+  _run_workers(str(job.dir), job.env)
+  return job.dir
+
+
 @pytest.mark.slow
-def test_two_process_sharded_forward_matches_single_process(tmp_path):
-  _run_workers(str(tmp_path))
+@pytest.mark.background("_workers")
+def test_two_process_sharded_forward_matches_single_process(background):
+  tmp_path = background.result(_workers)
 
   with open(tmp_path / "info.json") as f:
     info = json.load(f)

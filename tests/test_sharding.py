@@ -156,8 +156,8 @@ def test_resolve_cpu_devices(monkeypatch):
 # Subprocess on 8 fake CPU devices.
 
 
-def _child_env() -> dict:
-  env = dict(os.environ)
+def _child_env(base: dict) -> dict:
+  env = dict(base)
   env["JAX_PLATFORMS"] = "cpu"
   env["JAX_NUM_CPU_DEVICES"] = "8"
   flags = [f for f in env.get("XLA_FLAGS", "").split()
@@ -167,25 +167,32 @@ def _child_env() -> dict:
   return env
 
 
-@pytest.fixture(scope="module")
-def eight_device_report():
+def _eight_device_child(job):
+  """A background job (tests/conftest.py), started after collection."""
+  env = _child_env(job.env)
   try:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO,
-                          env=_child_env(), capture_output=True, text=True,
-                          timeout=CHILD_TIMEOUT_S)
+    proc = job.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
+                   timeout=CHILD_TIMEOUT_S, check=False)
   except subprocess.TimeoutExpired as e:
     pytest.fail(f"8-device subprocess timed out after {CHILD_TIMEOUT_S} s; stderr:\n"
-                f"{(e.stderr or b'')[-6000:]!r}")
+                f"{(e.stderr or '')[-6000:]!r}")
   if proc.returncode != 0:
     pytest.fail(f"8-device subprocess failed (rc={proc.returncode}); stderr:\n"
                 f"{proc.stderr[-8000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def eight_device_report(background):
+  return background.result(_eight_device_child)
+
+
+@pytest.mark.background("_eight_device_child")
 def test_child_sees_eight_devices(eight_device_report):
   assert eight_device_report["device_count"] == 8
 
 
+@pytest.mark.background("_eight_device_child")
 @pytest.mark.parametrize("mesh", [f"{d}x{m}" for d, m in MESHES])
 def test_params_really_sharded(eight_device_report, mesh):
   r = eight_device_report["meshes"][mesh]
@@ -206,6 +213,7 @@ def test_params_really_sharded(eight_device_report, mesh):
   assert r["tokens_spec"] == "P('data', None)"
 
 
+@pytest.mark.background("_eight_device_child")
 @pytest.mark.parametrize("mesh", [f"{d}x{m}" for d, m in MESHES])
 def test_sharded_forward_matches_unsharded(eight_device_report, mesh):
   r = eight_device_report["meshes"][mesh]
@@ -214,6 +222,7 @@ def test_sharded_forward_matches_unsharded(eight_device_report, mesh):
   assert r["logits_fully_replicated"] is False
 
 
+@pytest.mark.background("_eight_device_child")
 @pytest.mark.parametrize("mesh", [f"{d}x{m}" for d, m in MESHES])
 def test_sharded_greedy_decode_matches_single_device(eight_device_report, mesh):
   report = eight_device_report
@@ -222,6 +231,7 @@ def test_sharded_greedy_decode_matches_single_device(eight_device_report, mesh):
   assert r["greedy_logits_max_abs_diff"] <= 1e-5, r
 
 
+@pytest.mark.background("_eight_device_child")
 @pytest.mark.parametrize("mesh", [f"{d}x{m}" for d, m in MESHES])
 def test_sharded_generate_matches_single_device(eight_device_report, mesh):
   report = eight_device_report

@@ -1,7 +1,6 @@
 """experiments/bench_peer_workload.py on the smoke config: forced lengths, counted work."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -9,13 +8,18 @@ import pytest
 from experiments import bench_peer_workload
 
 
-def test_cli_line_counts_the_forced_work(tmp_path):
-  out = tmp_path / "peer.jsonl"
-  subprocess.run([sys.executable, "-m", "experiments.bench_peer_workload", "--config=smoke",
-                  "--n=8", "--m=2", "--prompt_len=8", "--step_tokens=4", "--rounds=3",
-                  "--prompts_per_call=2", "--calls=1", "--dtype=float32", f"--json_out={out}"],
-                 check=True, timeout=300)
-  (line,) = [json.loads(s) for s in out.read_text().splitlines()]
+def _cli_run(job):
+  out = job.dir / "peer.jsonl"
+  job.run([sys.executable, "-m", "experiments.bench_peer_workload", "--config=smoke",
+           "--n=8", "--m=2", "--prompt_len=8", "--step_tokens=4", "--rounds=3",
+           "--prompts_per_call=2", "--calls=1", "--dtype=float32", f"--json_out={out}"],
+          timeout=300)
+  return out.read_text()
+
+
+@pytest.mark.background("_cli_run")  # the command-line run starts after collection
+def test_cli_line_counts_the_forced_work(background):
+  (line,) = [json.loads(s) for s in background.result(_cli_run).splitlines()]
   # Every round every one of the 2 x 8 rows samples a forced 4-token step; the
   # verifier scores each of them.
   assert line["solution_tokens"] == 12

@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -31,15 +29,28 @@ def _positive(line, keys):
     assert math.isfinite(line[key]) and line[key] > 0, (key, line.get(key))
 
 
-def test_cli_lines(tmp_path):
+# The command-line runs start after collection, as background jobs (tests/conftest.py).
+def _cli_lines_run(job):
+  out = job.dir / "bench.jsonl"
+  env = {k: v for k, v in job.env.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+  job.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
+           "--ns=4", "--m=2", f"--json_out={out}"] + TINY, timeout=300, env=env)
+  return out.read_text()
+
+
+def _one_device_run(job):
+  out = job.dir / "bench.jsonl"
+  job.run([sys.executable, "-m", "experiments.bench_search", "--methods=beam",
+           "--ns=4", "--m=2", "--noscoring", "--local_device_count=0",
+           f"--json_out={out}"] + TINY, timeout=300)
+  return out.read_text()
+
+
+@pytest.mark.background("_cli_lines_run")
+def test_cli_lines(background):
   """The acceptance interface: --methods, --ns, --json_out; one line per (method, n).
   On a CPU backend it splits the machine into two XLA:CPU devices by default."""
-  out = tmp_path / "bench.jsonl"
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
-  subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=best_of_n,beam",
-                  "--ns=4", "--m=2", f"--json_out={out}"] + TINY, check=True, timeout=300,
-                 env=env)
-  lines = [json.loads(s) for s in out.read_text().splitlines()]
+  lines = [json.loads(s) for s in background.result(_cli_lines_run).splitlines()]
   assert [(l["method"], l["n"]) for l in lines] == [("best_of_n", 4), ("beam", 4), ("score", 4)]
   for line in lines[:2]:
     _positive(line, SEARCH_FIELDS)
@@ -59,14 +70,11 @@ def test_cli_lines(tmp_path):
       score["score_tokens_per_sec"] / score["rescore_tokens_per_sec"])
 
 
-def test_cli_on_one_device(tmp_path):
+@pytest.mark.background("_one_device_run")
+def test_cli_on_one_device(background):
   """--local_device_count=0 keeps JAX's one device; the search returns what the
   engine pieces of baseline (b) return (the default's two devices: above)."""
-  out = tmp_path / "bench.jsonl"
-  subprocess.run([sys.executable, "-m", "experiments.bench_search", "--methods=beam",
-                  "--ns=4", "--m=2", "--noscoring", "--local_device_count=0",
-                  f"--json_out={out}"] + TINY, check=True, timeout=300)
-  lines = [json.loads(s) for s in out.read_text().splitlines()]
+  lines = [json.loads(s) for s in background.result(_one_device_run).splitlines()]
   assert [(l["method"], l["devices"]) for l in lines] == [("beam", 1)]
   for line in lines:
     _positive(line, SEARCH_FIELDS)

@@ -1,7 +1,6 @@
 """The train -> evaluate command-line path on the smoke preset (the acceptance interface)."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -11,20 +10,26 @@ from experiments.evaluate_policy import evaluate
 pytestmark = pytest.mark.slow
 
 
+def _train_and_evaluate(job):
+  """Both command lines, as a background job (tests/conftest.py): (run dir, eval.json text)."""
+  run = job.dir / "smoke"
+  job.run([sys.executable, "-m", "experiments.train_policy", "--preset=smoke",
+           f"--out_dir={run}", "--progress=false"], timeout=300)
+  out = job.dir / "eval.json"
+  job.run([sys.executable, "-m", "experiments.evaluate_policy", f"--checkpoint={run}",
+           "--num_questions=6", "--samples=4", "--max_new_tokens=24", f"--json_out={out}"],
+          timeout=300)
+  return run, out.read_text()
+
+
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp("smoke")
-  subprocess.run([sys.executable, "-m", "experiments.train_policy", "--preset=smoke",
-                  f"--out_dir={out}", "--progress=false"], check=True, timeout=300)
-  return out
+def smoke_run(background):
+  return background.result(_train_and_evaluate)[0]
 
 
-def test_cli_writes_the_promised_fields(smoke_run, tmp_path):
-  out = tmp_path / "eval.json"
-  subprocess.run([sys.executable, "-m", "experiments.evaluate_policy", f"--checkpoint={smoke_run}",
-                  "--num_questions=6", "--samples=4", "--max_new_tokens=24", f"--json_out={out}"],
-                 check=True, timeout=300)
-  result = json.loads(out.read_text())
+@pytest.mark.background("_train_and_evaluate")
+def test_cli_writes_the_promised_fields(background):
+  result = json.loads(background.result(_train_and_evaluate)[1])
   for key in ("greedy_accuracy", "pass_at_1", "coverage", "by_difficulty",
               "pass_rate_histogram"):
     assert key in result
@@ -37,6 +42,7 @@ def test_cli_writes_the_promised_fields(smoke_run, tmp_path):
     assert sum(g["n"] for g in groups.values()) == 6
 
 
+@pytest.mark.background("_train_and_evaluate")
 def test_evaluation_is_deterministic(smoke_run):
   args = dict(num_questions=3, samples=2, temperature=1.0, max_new_tokens=16, batch_size=4, seed=1)
   a, b = evaluate(str(smoke_run), **args), evaluate(str(smoke_run), **args)

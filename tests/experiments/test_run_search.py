@@ -12,13 +12,25 @@ from experiments import run_search
 pytestmark = pytest.mark.slow
 
 
+def _policy_and_sweep(job):
+  """A background job (tests/conftest.py): the smoke policy, then the first
+  sweep through the command line (the acceptance interface) -> (policy dir,
+  sweep dir)."""
+  policy = job.dir / "smoke_policy"
+  job.run([sys.executable, "-m", "experiments.train_policy", "--preset=smoke",
+           "--steps=10", "--cpu_devices=0", f"--out_dir={policy}", "--progress=false"],
+          timeout=300)
+  out = job.dir / "sweep"
+  job.run([sys.executable, "-m", "experiments.run_search", f"--policy={policy}",
+           "--method=best_of_n,beam", "--n=2,4", "--m=2", "--num_questions=2",
+           "--max_step_tokens=8", "--max_solution_tokens=24", "--max_rounds=6",
+           "--progress=false", f"--out_dir={out}"], timeout=300)
+  return str(policy), out
+
+
 @pytest.fixture(scope="module")
-def smoke_policy(tmp_path_factory):
-  out = tmp_path_factory.mktemp("smoke_policy")
-  subprocess.run([sys.executable, "-m", "experiments.train_policy", "--preset=smoke",
-                  "--steps=10", "--cpu_devices=0", f"--out_dir={out}", "--progress=false"],
-                 check=True, timeout=300)
-  return str(out)
+def smoke_policy(background):
+  return background.result(_policy_and_sweep)[0]
 
 
 def _opts(policy, out_dir, **kw):
@@ -34,14 +46,11 @@ def _lines(out_dir):
     return [json.loads(s) for s in fh.read().splitlines()]
 
 
-def test_sweep_lines_resume_and_summary(smoke_policy, tmp_path):
-  out = tmp_path / "sweep"
-  opts = _opts(smoke_policy, out)
+@pytest.mark.background("_policy_and_sweep")
+def test_sweep_lines_resume_and_summary(smoke_policy, background):
   # The first run through the command line (the acceptance interface) ...
-  subprocess.run([sys.executable, "-m", "experiments.run_search", f"--policy={smoke_policy}",
-                  "--method=best_of_n,beam", "--n=2,4", "--m=2", "--num_questions=2",
-                  "--max_step_tokens=8", "--max_solution_tokens=24", "--max_rounds=6",
-                  "--progress=false", f"--out_dir={out}"], check=True, timeout=300)
+  out = background.result(_policy_and_sweep)[1]
+  opts = _opts(smoke_policy, out)
   summary = json.loads((out / run_search.SUMMARY_FILE).read_text())
   # beam n=2 m=2, beam n=4 m=2, best-of-N n=2 and n=4; 2 questions each.
   lines = _lines(out)
@@ -128,6 +137,7 @@ def test_grid_validation(tmp_path):
       ("best_of_n", None, 0), ("beam", 2, 0), ("lookahead", 2, 1), ("lookahead", 2, 3)]
 
 
+@pytest.mark.background("_policy_and_sweep")
 def test_analyses_read_a_real_sweep(smoke_policy, tmp_path):
   """analyze_sweep and flops_matched on a sweep run_search wrote (the smoke
   policy stands in for the large one: size ratio 1, so K = 1 generation)."""

@@ -1,18 +1,19 @@
 """Search split over a 2-device data axis == the same search on one device.
 
 JAX fixes its device count when its backend starts, so the 2-device run is a
-subprocess (this file executed as a script prints a JSON report); the
-one-device searches run in this process meanwhile.
+subprocess (this file executed as a script prints a JSON report), started
+after collection as a background job; the one-device searches run in this
+process.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = (("beam", 0), ("lookahead", 1), ("best_of_n", 0))
@@ -47,19 +48,17 @@ def _searches(two_devices: bool) -> dict:
   return report
 
 
-def test_two_device_search_matches_one_device():
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", PYTHONPATH=REPO)
-  child = subprocess.Popen([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    one = _searches(two_devices=False)  # while the child runs
-    stdout, stderr = child.communicate(timeout=300)
-  finally:
-    if child.poll() is None:
-      child.kill()
-      child.communicate()
-  assert child.returncode == 0, stderr[-6000:]
-  report = json.loads(stdout.strip().splitlines()[-1])
+def _two_device_child(job):
+  """The 2-device run, a background job (tests/conftest.py): its JSON report."""
+  env = dict(job.env, JAX_NUM_CPU_DEVICES="2", PYTHONPATH=REPO)
+  done = job.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env, timeout=300)
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.background("_two_device_child")
+def test_two_device_search_matches_one_device(background):
+  one = _searches(two_devices=False)
+  report = background.result(_two_device_child)
   assert report["devices"] == 2
   for method, _ in METHODS:
     two, want = report[method], one[method]

@@ -275,8 +275,8 @@ def test_silently_damaged_bytes_fail_the_fingerprint(straight, tmp_path):
     ckpt_lib.load_policy(str(run))
 
 
-def _subprocess_env(cache_dir):
-  env = dict(os.environ)
+def _subprocess_env(cache_dir, base=None):
+  env = dict(os.environ if base is None else base)
   env.pop("JAX_NUM_CPU_DEVICES", None)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
@@ -327,18 +327,25 @@ def test_sigkilled_cli_run_restarts_to_the_same_bits(straight, tmp_path):
   _assert_same_bits(params, reference)
 
 
-@pytest.mark.slow
-def test_data_parallel_grad_accumulated_cli_run_matches(straight, tmp_path):
-  """2 fake CPU devices on the data axis, 2 micro-batches per step: the same
-  updates as one device and one batch (up to summation order)."""
-  out, _, _ = straight
-  run = tmp_path / "run"
+def _data_parallel_run(job):
+  """A background job (tests/conftest.py), started after collection: the run dir."""
+  run = job.dir / "run"
   cmd = [sys.executable, "-m", "experiments.train_policy", "--preset=smoke", f"--out_dir={run}",
          f"--steps={N_STEPS}", "--stop_at_step=8", "--cpu_devices=2", "--mesh_data=2",
          "--grad_accum=2", "--eval_every=0", "--noprogress"]
-  done = subprocess.run(cmd, cwd=REPO, env=_subprocess_env(tmp_path / "jax_cache"),
-                        capture_output=True, text=True, timeout=300)
+  done = job.run(cmd, cwd=REPO, env=_subprocess_env(job.dir / "jax_cache", job.env),
+                 timeout=300, check=False)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  return run
+
+
+@pytest.mark.slow
+@pytest.mark.background("_data_parallel_run")
+def test_data_parallel_grad_accumulated_cli_run_matches(straight, background):
+  """2 fake CPU devices on the data axis, 2 micro-batches per step: the same
+  updates as one device and one batch (up to summation order)."""
+  out, _, _ = straight
+  run = background.result(_data_parallel_run)
   _, params, _ = ckpt_lib.load_policy(str(run), step=8)
   _, reference, _ = ckpt_lib.load_policy(str(out), step=8)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(reference)):
