@@ -345,7 +345,7 @@ _prefill_prompts = jax.jit(engine._start_prompts,  # pylint: disable=protected-a
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("eos_id",))
 def _score_solutions(vcfg, scfg, vparams, prompt_state, tokens, num_new, *, eos_id):
   """Best-of-N's scoring stage, as inside the engine."""
-  content, _ = engine._content_length(tokens, num_new, eos_id)  # pylint: disable=protected-access
+  content, _ = engine.content_length(tokens, num_new, eos_id)
   return engine.score_after_prompts(vcfg, vparams, prompt_state, tokens, content, n=scfg.n,
                                     max_steps=scfg.max_steps, shared_prefix=scfg.shared_prefix)
 
@@ -369,7 +369,7 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
     cache = _fan_out(cache, scfg.n, capacity - tokens.shape[1], scfg.shared_prefix)
     d = jax.block_until_ready(decode_jit(
         m.pcfg, m.pparams, cache, next_logits[np.repeat(np.arange(q), scfg.n)], seed=seed_arr,
-        row_streams=engine._row_streams(streams, scfg.n),  # pylint: disable=protected-access
+        row_streams=engine.slot_streams(streams, scfg.n),
         max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32), stop_tokens=stops[-1:],
         sampler=scfg.sampler, buffer_len=scfg.max_solution_tokens, pad_id=tok.pad_id,
         max_start=tokens.shape[1]))

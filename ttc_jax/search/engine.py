@@ -79,12 +79,12 @@ class Counters:
 
   def add(self, policy_start, policy_n, verifier_start, verifier_n) -> "Counters":
     return Counters(self.policy_tokens + policy_n,
-                    self.policy_context + _context_sum(policy_start, policy_n),
+                    self.policy_context + context_sum(policy_start, policy_n),
                     self.verifier_tokens + verifier_n,
-                    self.verifier_context + _context_sum(verifier_start, verifier_n))
+                    self.verifier_context + context_sum(verifier_start, verifier_n))
 
 
-def _context_sum(start: jax.Array, n: jax.Array) -> jax.Array:
+def context_sum(start: jax.Array, n: jax.Array) -> jax.Array:
   """Sum of context lengths (position + 1) of n tokens fed from position `start` [R]."""
   start, n = start.astype(jnp.float32), n.astype(jnp.float32)
   return n * start + n * (n + 1) / 2
@@ -137,13 +137,13 @@ def _append(buffer: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
   return jax.vmap(lambda b, n, s: jax.lax.dynamic_update_slice(b, n, (s,)))(buffer, new, starts)
 
 
-def _round_seed(seed: jax.Array, round_index: jax.Array) -> jax.Array:
+def round_seed(seed: jax.Array, round_index: jax.Array) -> jax.Array:
   """A fresh uint32 seed per round, so a copied prefix samples new continuations."""
   key = jax.random.fold_in(jax.random.key(seed), round_index)
   return jax.random.bits(key, dtype=jnp.uint32)
 
 
-def _content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int):
+def content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int):
   """(tokens before a final EOS [R], whether the chunk ended on EOS [R])."""
   last = jnp.take_along_axis(tokens, jnp.maximum(num_new - 1, 0)[:, None], axis=1)[:, 0]
   ended = (num_new > 0) & (last == eos_id)
@@ -221,7 +221,7 @@ def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, stre
   d = decode(pcfg, pparams, s.cache, s.next_logits, seed=seed, row_streams=streams,
              max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
              buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=active, tail_rows=tail)
-  content, ended = _content_length(d.tokens, d.num_new, eos_id)
+  content, ended = content_length(d.tokens, d.num_new, eos_id)
   verifier = _score_chunks(vcfg, vparams, s.verifier, d.tokens, content, tail)[0]
   counters = s.counters.add(s.cache.lengths, d.num_new, s.verifier.cache.lengths, content)
   return _Step(d.cache, d.next_logits, d.tokens, d.num_new, verifier), content, ended, counters
@@ -354,10 +354,10 @@ def init_state(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, prom
                  jnp.zeros((r,), jnp.int32), jnp.zeros((r, scfg.max_steps), jnp.float32),
                  jnp.zeros((r,), jnp.int32), jnp.zeros((r,), bool), jnp.zeros((r,), bool),
                  Counters.zeros(r), jnp.zeros((r,), jnp.int32), jnp.zeros((), jnp.int32))
-  return state, _row_streams(prompt_streams, n)
+  return state, slot_streams(prompt_streams, n)
 
 
-def _row_streams(prompt_streams: jax.Array, n: int) -> jax.Array:
+def slot_streams(prompt_streams: jax.Array, n: int) -> jax.Array:
   slots = jnp.tile(jnp.arange(n, dtype=jnp.uint32), prompt_streams.shape[0])
   return (jnp.repeat(prompt_streams.astype(jnp.uint32), n) * n + slots).astype(jnp.uint32)
 
@@ -416,7 +416,7 @@ def _sample_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, see
   r = streams.shape[0]
   active = ~s.finished
   d, content, ended, counters = _step_and_score(
-      pcfg, vcfg, scfg, pparams, vparams, s, seed=_round_seed(seed, s.round), streams=streams,
+      pcfg, vcfg, scfg, pparams, vparams, s, seed=round_seed(seed, s.round), streams=streams,
       active=active, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
       sampler=scfg.sampler, room=scfg.max_solution_tokens - s.lengths)
   verifier = d.verifier
@@ -478,13 +478,13 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
   rows = jnp.repeat(jnp.arange(q), n)
   cache = fan_out(cache, n, capacity - prompts.shape[1], scfg.shared_prefix)
   d = decode(pcfg, pparams, cache, next_logits[rows], seed=seed,
-             row_streams=_row_streams(prompt_streams, n),
+             row_streams=slot_streams(prompt_streams, n),
              max_new=jnp.full((r,), scfg.max_solution_tokens, jnp.int32),
              stop_tokens=stop_tokens[-1:], sampler=scfg.sampler,
              buffer_len=scfg.max_solution_tokens, pad_id=pad_id,
              max_start=0 if scfg.shared_prefix else prompts.shape[1],
              tail_rows=tail_rows(scfg, r))
-  content, ended = _content_length(d.tokens, d.num_new, eos_id)
+  content, ended = content_length(d.tokens, d.num_new, eos_id)
   step_scores, step_mask = score_after_prompts(vcfg, vparams, vstate, d.tokens, content, n=n,
                                                max_steps=scfg.max_steps,
                                                shared_prefix=scfg.shared_prefix)
