@@ -13,6 +13,10 @@ is written atomically or append-with-fsync):
   prm           PRM data from the small policy's samples, PRM       OUT/prm
   difficulty    S separate samples per question (their own seed)    OUT/difficulty
   sweep         every strategy x budget x seed                      OUT/sweep
+  revision_model  fine-tune the small policy into a revision model  OUT/revision_model
+                (presets with revisions; experiments/train_revision.py)
+  revisions     P chains x L revisions per sequential:parallel ratio,
+                budget and seed                                     OUT/revisions
   large_greedy  the large policy's greedy answer per question       OUT/large_greedy.json
   report        bins, compute-optimal, router, FLOPs matching, findings:
                 OUT/report.md, OUT/*.png, OUT/results.json
@@ -56,6 +60,25 @@ class PrmSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RevisionSpec:
+  """The revision stages: data from the small policy's samples, fine-tuning
+  (experiments/train_revision.py), then the sequential:parallel sweep at the
+  preset's budgets. fine_tune=False uses the policy itself as the revision
+  model (the smoke policy solves nothing, so it has no correct sample to
+  train on; the stages then test plumbing only)."""
+  ratios: tuple[str, ...]
+  num_questions: int = 1000
+  samples: int = 64
+  temperature: float = 1.2
+  lr: float = 3e-4
+  epochs: float = 3.0
+  batch_size: int = 128
+  eval_every: int = 50
+  patience: int = 3
+  fine_tune: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Preset:
   """Everything a reproduction depends on (OUT/preset.json)."""
   name: str
@@ -76,6 +99,7 @@ class Preset:
   max_step_tokens: int = 16  # arithmetic steps take <= 14 tokens
   train_steps: int | None = None  # override both policies' steps (smoke)
   few_compiles: bool = False  # run_search --few_compiles: short sweeps are mostly compiling
+  revisions: RevisionSpec | None = None  # sequential revisions (None: not run)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -88,7 +112,8 @@ PRESETS = {
         prm=PrmSpec(num_questions=48, samples=2, contrastive_copies=1, lr=3e-4, max_epochs=1.0,
                     eval_every=0, batch_size=32),
         questions=20, difficulty_samples=16, budgets=(1, 2, 4), methods=_METHODS, ms=("2",),
-        ks=(1,), seeds=(0, 1), probe=1, bins=5, n_boot=200, few_compiles=True),
+        ks=(1,), seeds=(0, 1), probe=1, bins=5, n_boot=200, few_compiles=True,
+        revisions=RevisionSpec(ratios=("par", "1:1", "seq"), fine_tune=False)),
     "demo": Preset(
         name="demo", small="small", large="large", verifier_backbone="small_verifier",
         prm=PrmSpec(num_questions=1000, samples=2, contrastive_copies=3, lr=3e-4, max_epochs=1.0,
@@ -175,10 +200,19 @@ def check_preset(out_dir: str, preset: Preset) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    # a setting the saved preset predates (a stage added since) may be
+    # added: the finished stages stand, the new ones run, the report is redone
+    added = sorted(k for k in set(current) - set(saved) if current[k] is not None)
+    differ = sorted(k for k in set(saved) | set(current)
+                    if k not in added and saved.get(k) != current.get(k))
     if differ:
       raise ValueError(f"{out_dir} holds a reproduction with other settings (differs in "
                        f"{differ}); use a new --out_dir")
+    if added:
+      marker = os.path.join(out_dir, "stages", "report.json")
+      if os.path.exists(marker):
+        os.remove(marker)
+      write_json_atomic(path, current)
   else:
     os.makedirs(out_dir, exist_ok=True)
     write_json_atomic(path, current)
@@ -216,6 +250,37 @@ def prm_stage(preset: Preset, out: str, progress: bool, log: Callable[[str], Non
     raise RuntimeError("PRM training did not finish")
   log(train_prm.headline(summary))
   return {k: summary[k] for k in ("verifier_params", "rows", "step", "best_step", "held_out")}
+
+
+def revision_model_stage(preset: Preset, out: str, progress: bool,
+                         log: Callable[[str], None]) -> dict:
+  """The revision model: the small policy fine-tuned on revision data (or the
+  policy itself when the spec says so)."""
+  spec = preset.revisions
+  small = os.path.join(out, "small")
+  if not spec.fine_tune:
+    log("revision model: the small policy itself (this preset does not fine-tune one)")
+    return {"model_dir": small, "fine_tuned": False}
+  from experiments import train_revision as tr
+  dcfg = tr.RevisionDataConfig(num_questions=spec.num_questions, samples=spec.samples,
+                               temperature=spec.temperature)
+  tcfg = tr.RevisionTrainConfig(lr=spec.lr, batch_size=spec.batch_size, epochs=spec.epochs,
+                                eval_every=spec.eval_every, patience=spec.patience)
+  model_dir = os.path.join(out, "revision_model")
+  summary = tr.run(small, model_dir, dcfg=dcfg, tcfg=tcfg, progress=progress,
+                   log=lambda s: None)
+  if not summary["finished"]:
+    raise RuntimeError("revision model training did not finish")
+  log(f"revision model: step {summary['chosen_step']} of {summary['steps_trained']} (held-out "
+      f"loss {summary['chosen_eval_loss']:.4f}; the policy's {summary['base_eval_loss']:.4f})")
+  keep = ("chosen_step", "min_step", "steps_trained", "chosen_eval_loss", "base_eval_loss",
+          "train_rows", "held_out_rows", "data", "rule")
+  return {"model_dir": model_dir, "fine_tuned": True, **{k: summary[k] for k in keep}}
+
+
+def revision_grid(preset: Preset, model_dir: str) -> dict:
+  return dict(methods=("revisions",), ns=preset.budgets, ratios=preset.revisions.ratios,
+              revision_model=model_dir)
 
 
 def search_options(preset: Preset, out: str, name: str, **grid):
@@ -279,6 +344,7 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
   from ttc_jax.analysis.flops import flops_matched_table
   from ttc_jax.analysis.outcomes import read_lines
   from ttc_jax.analysis.quality import model_quality
+  from ttc_jax.analysis.revisions import revisions_section
   from ttc_jax.analysis.sweep import analyze_sweep, prepare
   sweep = read_lines(os.path.join(out, "sweep", "results.jsonl"))
   difficulty = read_lines(os.path.join(out, "difficulty", "results.jsonl"))
@@ -292,6 +358,12 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
   small_params = stage_summaries["small"]["params"]
   ratio = greedy["params"] / small_params
   co = compute_optimal(p.outcomes, p.oracle)
+  # revisions are one more strategy family in the same table (their own analysis:
+  # the search findings above stay over search strategies only)
+  revision_path = os.path.join(out, "revisions", "results.jsonl")
+  revision_lines = read_lines(revision_path) if os.path.exists(revision_path) else []
+  p_all = prepare(sweep + revision_lines, samples=S, n_bins=preset.bins,
+                  difficulty_lines=difficulty) if revision_lines else p
   table = [row for accounting in ("v1", "iclr") for row in flops_matched_table(
       p.outcomes.budgets, co.per_question, p.oracle.bin_of, p.oracle.n_bins, large_correct,
       size_ratio=ratio, accounting=accounting)]
@@ -299,7 +371,8 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
   findings = (F.search_findings(p, m=fixed[0] if fixed else F.FIXED_M, n_boot=preset.n_boot)
               + [F.efficiency_finding(p, name, n_boot=preset.n_boot)
                  for name in ("oracle", "predicted")]
-              + [F.flops_matched_finding(table)] + F.revision_findings())
+              + [F.flops_matched_finding(table)]
+              + F.revision_findings(p_all, revision_lines, n_boot=preset.n_boot))
   return {
       "preset": preset.to_dict(), "out_dir": os.path.abspath(out), "stage_wall_s": walls,
       "models": {"small": stage_summaries["small"], "large": stage_summaries["large"],
@@ -309,7 +382,7 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
       "findings": [f.to_dict() for f in findings],
       "flops_matched": {"size_ratio": ratio, "small_params": small_params,
                         "large_params": greedy["params"], "rows": table},
-      "revisions": None,  # issue #6
+      "revisions": revisions_section(p_all, revision_lines, n_boot=preset.n_boot),
   }
 
 
@@ -335,8 +408,10 @@ def reproduce(preset: Preset, out: str, progress: bool = True,
   validate(preset)
   os.makedirs(out, exist_ok=True)
   check_preset(out, preset)
-  names = ["small", "large"] + (["verifier"] if preset.verifier_backbone else []) + [
-      "prm", "difficulty", "sweep", "large_greedy", "report"]
+  names = (["small", "large"] + (["verifier"] if preset.verifier_backbone else [])
+           + ["prm", "difficulty", "sweep"]
+           + (["revision_model", "revisions"] if preset.revisions else [])
+           + ["large_greedy", "report"])
   stages = Stages(out, names, log)
   done = {}
   done["small"] = stages.run("small", lambda: train_stage(
@@ -353,6 +428,12 @@ def reproduce(preset: Preset, out: str, progress: bool = True,
       (DIFFICULTY_SEED,), progress, log))
   done["sweep"] = stages.run("sweep", lambda: search_stage(
       preset, out, "sweep", sweep_grids(preset), preset.seeds, progress, log))
+  if preset.revisions:
+    done["revision_model"] = stages.run("revision_model", lambda: revision_model_stage(
+        preset, out, progress, log))
+    done["revisions"] = stages.run("revisions", lambda: search_stage(
+        preset, out, "revisions", [revision_grid(preset, done["revision_model"]["model_dir"])],
+        preset.seeds, progress, log))
   done["large_greedy"] = stages.run("large_greedy", lambda: large_greedy_stage(preset, out))
   done["report"] = stages.run("report", lambda: report_stage(preset, out, done, stages.wall(),
                                                              log))

@@ -10,6 +10,16 @@ lookahead; best-of-N lines record m = null, k = 0. Combinations that are
 invalid (m > n, n % m != 0, sqrt(n) not an integer) are skipped with a note;
 if nothing valid is left the run stops with the reasons.
 
+Method "revisions" (needs --revision_model, a policy fine-tuned by
+experiments/train_revision.py): P parallel chains of L sequential revisions,
+N = P x L, for each --ratio ("L:P" sequential:parallel, e.g. "1:1" = sqrt(N)
+chains of sqrt(N); "seq" = one chain of N; "par" = N chains of one, i.e.
+best-of-N from the revision model). The PRM scores every attempt after the
+question alone. Selections: "weighted" is hierarchical (within each chain,
+then across the chain winners), "majority" and "best_of_n" are flat over all
+N answers. Lines add `revision`: P, L, pass@1 per revision step and how
+many correct answers the next revision turned incorrect.
+
 --prm: a verifier run directory (`ttc_jax.verifier.checkpoint.load_verifier`),
 or "policy_logprob": an untrained token-level head on the policy's own weights
 (prefix score = prod_t sigmoid(log p(token_t) + 3)), a baseline that needs no
@@ -57,6 +67,9 @@ import tqdm
 from ttc_jax.checkpoints import load_policy, load_run_task, write_json_atomic
 from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids
+from ttc_jax.revision import select as revision_select
+from ttc_jax.revision.api import revise
+from ttc_jax.revision.chains import RevisionConfig
 from ttc_jax.search import METHODS, SearchConfig, SearchOutput, search
 from ttc_jax.search.selection import SELECTIONS, answer_ids
 from ttc_jax.verifier.aggregate import AGGREGATIONS
@@ -67,6 +80,7 @@ RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 SETTINGS_FILE = "run.json"
 SCORE_DIGITS = 6  # step scores are rounded in the JSON lines (keeps N=256 lines small)
+REVISIONS = "revisions"  # the sequential-revisions method (ttc_jax.revision), beside METHODS
 AUTO_BATCH_ROWS = 512  # --batch_questions=0: about this many (question x candidate) rows per call
 # Jitted once per rule: op-by-op dispatch compiled every primitive per new shape.
 _SELECT = {name: jax.jit(rule) for name, rule in SELECTIONS.items()}
@@ -85,6 +99,8 @@ class Options:
   ns: tuple[int, ...] = (4,)
   ms: tuple[str, ...] = ("4",)
   ks: tuple[int, ...] = (0,)
+  ratios: tuple[str, ...] = ("1:1",)  # method revisions: sequential:parallel (L:P), seq, par
+  revision_model: str | None = None  # method revisions: the revision model's run directory
   aggregations: tuple[str, ...] = ("last", "min", "prod")
   selections: tuple[str, ...] = ("majority", "best_of_n", "weighted")
   temperature: float = 1.0
@@ -104,7 +120,8 @@ class Options:
 
   def settings(self) -> dict:
     """What every result line depends on besides its own config (run.json)."""
-    return dict(policy=os.path.abspath(self.policy),
+    revision_model = self.revision_model and os.path.abspath(self.revision_model)
+    return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
                 max_step_tokens=self.max_step_tokens,
@@ -120,10 +137,20 @@ class Config:
   m: int | None  # None for best-of-N (no beams)
   k: int
   temperature: float
+  ratio: str | None = None  # revisions only: the sequential:parallel spec
+  parallel: int | None = None  # revisions only: chains per question (P)
 
   def to_dict(self, seed: int) -> dict:
-    return dict(method=self.method, n=self.n, m=self.m, k=self.k,
-                temperature=self.temperature, seed=seed)
+    d = dict(method=self.method, n=self.n, m=self.m, k=self.k, temperature=self.temperature,
+             seed=seed)
+    if self.method == REVISIONS:
+      d.update(ratio=self.ratio, parallel=self.parallel, length=self.n // self.parallel)
+    return d
+
+  def revision_config(self, opts: Options) -> RevisionConfig:
+    return RevisionConfig(n=self.n, parallel=self.parallel,
+                          max_attempt_tokens=opts.max_solution_tokens,
+                          sampler=Temperature(self.temperature))
 
   def search_config(self, opts: Options) -> SearchConfig:
     return SearchConfig(method=self.method, n=self.n, m=self.m or 1, k=self.k,
@@ -133,6 +160,8 @@ class Config:
                         **(dict(round_widths=1, tail_fraction=0) if opts.few_compiles else {}))
 
   def label(self) -> str:
+    if self.method == REVISIONS:
+      return f"revisions n={self.n} {self.ratio} (P={self.parallel})"
     beams = "" if self.m is None else f" m={self.m}"
     look = f" k={self.k}" if self.method == "lookahead" else ""
     return f"{self.method} n={self.n}{beams}{look}"
@@ -155,6 +184,46 @@ def resolve_m(spec: str, n: int) -> int:
     raise ValueError(f"m must be an int or 'sqrt', got {spec!r}") from None
 
 
+def resolve_parallel(spec: str, n: int) -> int:
+  """Chains P at budget n for a sequential:parallel spec: "L:P" (a ratio: L / P
+  fixed, L x P = n), "seq" (P = 1) or "par" (P = n)."""
+  spec = str(spec).strip()
+  if spec == "seq":
+    return 1
+  if spec == "par":
+    return n
+  try:
+    seq, par = (int(x) for x in spec.split(":"))
+  except ValueError:
+    raise ValueError(f"ratio must be 'L:P' (sequential:parallel), 'seq' or 'par', got "
+                     f"{spec!r}") from None
+  if seq < 1 or par < 1:
+    raise ValueError(f"ratio {spec!r}: both sides must be >= 1")
+  # L / P = seq / par and L * P = n  ->  P^2 = n * par / seq
+  squared, rest = divmod(n * par, seq)
+  p = math.isqrt(squared)
+  if rest or p * p != squared or n % p:
+    raise ValueError(f"ratio {spec} does not split n={n} into whole chains (L x P = n with "
+                     f"L:P = {spec})")
+  return p
+
+
+def _revision_configs(opts: Options, notes: list[str]) -> list[Config]:
+  configs = []
+  for n in opts.ns:
+    for spec in opts.ratios:
+      try:
+        config = Config(REVISIONS, int(n), None, 0, float(opts.temperature), str(spec).strip(),
+                        resolve_parallel(spec, int(n)))
+        config.revision_config(opts)  # validates
+      except ValueError as e:
+        notes.append(f"skipped revisions n={n} ratio={spec}: {e}")
+        continue
+      if config not in configs:
+        configs.append(config)
+  return configs
+
+
 def expand_grid(opts: Options) -> tuple[list[Config], list[str]]:
   """(valid configs in sweep order, notes on skipped ones).
 
@@ -170,8 +239,13 @@ def expand_grid(opts: Options) -> tuple[list[Config], list[str]]:
     if name not in SELECTIONS:
       raise ValueError(f"unknown selection {name!r}; valid: {sorted(SELECTIONS)}")
   for method in opts.methods:
+    if method == REVISIONS:
+      if not opts.revision_model:
+        raise ValueError("method revisions needs a revision model (--revision_model)")
+      configs.extend(_revision_configs(opts, notes))
+      continue
     if method not in METHODS:
-      raise ValueError(f"unknown search method {method!r}; valid: {list(METHODS)}")
+      raise ValueError(f"unknown search method {method!r}; valid: {list(METHODS) + [REVISIONS]}")
     # m only matters with beams, k only for lookahead: no duplicate lines.
     m_specs = [None] if method == "best_of_n" else list(opts.ms)
     ks = list(opts.ks) if method == "lookahead" else [0]
@@ -224,6 +298,14 @@ def load_prm(spec: str, pcfg, pparams, tokenizer) -> tuple[VerifierConfig, dict]
   return vcfg, vparams
 
 
+def load_revision_model(path: str, tokenizer) -> tuple:
+  """(config, params) of the revision model, which must share the policy's tokenizer."""
+  rcfg, rparams, rtok = load_policy(path)
+  if rtok != tokenizer:
+    raise ValueError(f"the revision model at {path} uses a different tokenizer than the policy")
+  return rcfg, rparams
+
+
 def load_task(dataset: str, policy_dir: str):
   """The task behind --dataset: "arithmetic" is the policy run's own (its options)."""
   if dataset == "arithmetic":
@@ -268,8 +350,8 @@ def select_questions(task, opts: Options) -> list[tuple[int, object]]:
 
 def line_key(uid: str, config: dict) -> str:
   """The identity of a result line: question + config (method, n, m, k, temperature, seed)."""
-  fields = ("method", "n", "m", "k", "temperature", "seed")
-  return json.dumps([uid] + [config[f] for f in fields])
+  fields = ("method", "n", "m", "k", "temperature", "seed", "ratio")
+  return json.dumps([uid] + [config.get(f) for f in fields])
 
 
 def _write_lines_atomic(path: str, lines: Iterable[str]) -> None:
@@ -332,6 +414,26 @@ def _round(values) -> list[float]:
   return [round(float(v), SCORE_DIGITS) for v in values]
 
 
+def _chosen(config: Config, selection: str, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+  """[Q] index of the chosen candidate. Revisions' weighted selection is
+  hierarchical over (chain, step); every other rule sees the N candidates flat."""
+  if config.method == REVISIONS and selection == "weighted":
+    shape = (ids.shape[0], config.parallel, config.n // config.parallel)
+    chain, step = revision_select.hierarchical_weighted(ids.reshape(shape), scores.reshape(shape))
+    return chain * shape[2] + step
+  return np.asarray(_SELECT[selection](ids, scores))
+
+
+def revision_summary(config: Config, correct: np.ndarray) -> dict:
+  """A revisions line's extras from its candidates' correctness [N] (chain-major)."""
+  chains = correct.reshape(1, config.parallel, config.n // config.parallel)
+  flipped, correct_with_next = revision_select.revised_to_incorrect(chains)
+  return dict(parallel=config.parallel, length=config.n // config.parallel,
+              pass_at_step=[round(float(x), SCORE_DIGITS)
+                            for x in revision_select.pass_at_step(chains)],
+              revised_to_incorrect=flipped, correct_with_next=correct_with_next)
+
+
 def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], config: Config,
                  seed: int, task, tokenizer, aggregations: Sequence[str],
                  selections: Sequence[str], write_texts: bool = False) -> list[dict]:
@@ -346,7 +448,7 @@ def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], con
   for key in selection_keys(selections, aggregations):
     sel, _, agg = key.partition(":")
     agg_scores = scores[agg] if agg else np.zeros(ids.shape, np.float32)
-    chosen[key] = np.asarray(_SELECT[sel](ids, agg_scores))
+    chosen[key] = _chosen(config, sel, ids, agg_scores)
   lines = []
   for i, (index, problem) in enumerate(questions):
     line = dict(
@@ -360,6 +462,8 @@ def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], con
                             correct=bool(correct[i, int(c[i])])) for key, c in chosen.items()},
         any_correct=bool(correct[i].any()), frac_correct=float(correct[i].mean()),
         budget=out.budget.row(i))
+    if config.method == REVISIONS:
+      line["revision"] = revision_summary(config, correct[i])
     if write_texts:
       line["texts"] = texts[i]
     lines.append(line)
@@ -381,18 +485,18 @@ def summarize(lines: Sequence[dict], keys: Sequence[str]) -> list[dict]:
   groups: dict[tuple, list[dict]] = collections.defaultdict(list)
   for line in lines:
     c = line["config"]
-    groups[(c["method"], c["n"], c["m"], c["k"], c["temperature"])].append(line)
-  method_rank = {m: i for i, m in enumerate(METHODS)}
+    groups[(c["method"], c["n"], c["m"], c["k"], c["temperature"], c.get("ratio"))].append(line)
+  method_rank = {m: i for i, m in enumerate(METHODS + (REVISIONS,))}
   rows = []
-  for (method, n, m, k, temperature), group in sorted(
+  for (method, n, m, k, temperature, ratio), group in sorted(
       groups.items(), key=lambda kv: (method_rank.get(kv[0][0], 99), kv[0][1],
-                                      kv[0][2] or 0, kv[0][3], kv[0][4])):
+                                      kv[0][2] or 0, kv[0][3], kv[0][4], kv[0][5] or "")):
     mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")
     accuracy = {key: mean([l["selected"][key]["correct"] for l in group if key in l["selected"]])
                 for key in keys}
     budget = lambda f: mean([l["budget"][f] for l in group])
     rows.append(dict(
-        method=method, n=n, m=m, k=k, temperature=temperature, lines=len(group),
+        method=method, n=n, m=m, k=k, temperature=temperature, ratio=ratio, lines=len(group),
         questions=len({l["uid"] for l in group}),
         seeds=sorted({l["config"]["seed"] for l in group}), accuracy=accuracy,
         coverage=mean([l["any_correct"] for l in group]),
@@ -405,11 +509,12 @@ def summarize(lines: Sequence[dict], keys: Sequence[str]) -> list[dict]:
 
 def format_summary(rows: Sequence[dict], keys: Sequence[str]) -> str:
   """A fixed-width table: one row per config, one accuracy column per selection key."""
-  head = ["method", "n", "m", "k", "lines"] + list(keys) + [
+  head = ["method", "n", "m/ratio", "k", "lines"] + list(keys) + [
       "cover", "cand", "gens", "pol_tok", "ver_tok", "GFLOPs"]
   body = []
   for r in rows:
-    body.append([r["method"], str(r["n"]), "-" if r["m"] is None else str(r["m"]), str(r["k"]),
+    width = r.get("ratio") or ("-" if r["m"] is None else str(r["m"]))
+    body.append([r["method"], str(r["n"]), width, str(r["k"]),
                  str(r["lines"])] + [f"{r['accuracy'][k]:.3f}" for k in keys] + [
                      f"{r['coverage']:.3f}", f"{r['candidate_accuracy']:.3f}",
                      f"{r['generations']:.0f}", f"{r['policy_tokens']:.0f}",
@@ -437,6 +542,8 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   saved = check_settings(opts.out_dir, settings)
   pcfg, pparams, tokenizer = load_policy(opts.policy)
   vcfg, vparams = load_prm(opts.prm, pcfg, pparams, tokenizer)
+  reviser = load_revision_model(opts.revision_model, tokenizer) if any(
+      c.method == REVISIONS for c in configs) else None
   task = load_task(opts.dataset, opts.policy)
   questions = select_questions(task, opts)
   if not saved:  # only once everything loaded: a typo does not pin the out_dir
@@ -466,7 +573,6 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
         # 65,530-map limit ("LLVM ERROR: Unable to allocate section memory").
         jax.clear_caches()
       compiled_for = config
-      scfg = config.search_config(opts)
       # Sized by the whole question list, not what is pending: a resumed run
       # reuses the compiled shape and computes rows exactly as the first run did.
       size = batch_size(config, opts.batch_questions, len(questions))
@@ -475,9 +581,14 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
         chunk = pending[lo:lo + size]
         # Pad the last batch with its first question: one compiled shape.
         padded = chunk + [chunk[0]] * (size - len(chunk))
-        out = search(pcfg, pparams, vcfg, vparams, [prompts[i] for i, _ in padded], scfg,
-                     eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed,
-                     prompt_streams=[i for i, _ in padded], prompt_width=width, mesh=mesh)
+        batch = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed,
+                     prompt_streams=[i for i, _ in padded], prompt_width=width)
+        if config.method == REVISIONS:  # one device: chains are not sharded over a mesh yet
+          out = revise(*reviser, vcfg, vparams, [prompts[i] for i, _ in padded],
+                       config.revision_config(opts), max_steps=opts.max_steps, **batch)
+        else:
+          out = search(pcfg, pparams, vcfg, vparams, [prompts[i] for i, _ in padded],
+                       config.search_config(opts), mesh=mesh, **batch)
         lines = result_lines(out, chunk, config, seed, task, tokenizer, opts.aggregations,
                              opts.selections, opts.write_texts)
         append_lines(path, lines)
@@ -499,10 +610,14 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
 
 def _define_flags():
   from absl import flags
-  flags.DEFINE_list("method", ["best_of_n"], f"Search methods, of {list(METHODS)}.")
+  flags.DEFINE_list("method", ["best_of_n"], f"Methods, of {list(METHODS) + [REVISIONS]}.")
   flags.DEFINE_list("n", ["4"], "Budgets N (generations per question).")
   flags.DEFINE_list("m", ["4"], "Beam / subtree widths M: ints, or 'sqrt' for M = sqrt(N).")
   flags.DEFINE_list("k", ["0"], "Lookahead steps (method lookahead only).")
+  flags.DEFINE_list("ratio", ["1:1"], "Method revisions: sequential:parallel ratios 'L:P' "
+                    "(L x P = N), 'seq' (one chain) or 'par' (N chains of one).")
+  flags.DEFINE_string("revision_model", None, "Method revisions: the revision model's run "
+                      "directory (experiments/train_revision.py --out_dir).")
   flags.DEFINE_list("aggregation", ["last", "min", "prod"], "Step aggregations recorded.")
   flags.DEFINE_list("selection", ["majority", "best_of_n", "weighted"], "Selections recorded.")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
@@ -539,7 +654,8 @@ def options_from_flags(f) -> Options:
   ints = lambda xs: tuple(int(x) for x in xs)
   return Options(
       policy=f.policy, out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
-      ms=tuple(f.m), ks=ints(f.k), aggregations=tuple(f.aggregation),
+      ms=tuple(f.m), ks=ints(f.k), ratios=tuple(f.ratio), revision_model=f.revision_model,
+      aggregations=tuple(f.aggregation),
       selections=tuple(f.selection), temperature=f.temperature, seeds=ints(f.seeds),
       dataset=f.dataset, split=f.split, num_questions=f.num_questions,
       question_offset=f.question_offset, question_order=f.question_order,

@@ -64,16 +64,78 @@ def test_flops_matched_finding_reads_signs_per_r():
   assert F.flops_matched_finding(loses).verdict == "not reproduced"
 
 
-def test_revision_findings_are_marked_not_measured():
-  assert {f.verdict for f in F.revision_findings()} == {"not measured"}
-
-
-def test_efficiency_needs_a_baseline_that_gains_from_budget():
-  """A flat best-of-N curve is "matched" at the smallest budget by anything: not a saving."""
-  lines, difficulty = _lines(40, beam_better=False)
-  flat = [dict(l, selected={k: {"correct": False} for k in l["selected"]}) for l in lines]
-  p = prepare(flat, samples=16, difficulty_lines=difficulty)
-  found = F.efficiency_finding(p, "oracle", n_boot=50)
-  assert found.verdict == "not measured" and "gains nothing" in found.detail
+def test_revision_findings_not_measured_without_revisions():
+  lines, difficulty = _lines(30, True)
   p = prepare(lines, samples=16, difficulty_lines=difficulty)
-  assert F.efficiency_finding(p, "oracle", n_boot=50).measured is not None
+  found = F.revision_findings(p, [], n_boot=50)
+  assert len(found) == 5 and {f.verdict for f in found} == {"not measured"}
+  assert all(f.detail for f in found)  # each says why
+
+
+def _revision_lines(q_count, sequential_better: bool, flip: bool, seed=1):
+  """Revisions at budgets 1..16 (ratios par, 1:1, seq where they fit), hand-made:
+  chains longer than one step are right (sequential_better) or wrong; par is
+  right with a chance rising with the budget. A seq
+  chain of L steps is right at every step, or (flip) alternates right / wrong."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for q in range(q_count):
+    for n in (1, 2, 4, 8, 16):
+      for ratio, parallel in (("par", n), ("1:1", int(np.sqrt(n))), ("seq", 1)):
+        if parallel * parallel != n and ratio == "1:1":
+          continue
+        length = n // parallel
+        if ratio == "par" or n == 1:  # parallel sampling gains from budget
+          correct = bool(rng.random() < 0.3 + 0.1 * np.log2(n))
+        else:
+          correct = sequential_better
+        steps = [bool(correct) if not flip else t % 2 == 0 for t in range(length)]
+        with_next = sum(steps[:-1])
+        flipped = sum(a and not b for a, b in zip(steps, steps[1:]))
+        lines.append({"uid": f"q{q}", "question_index": q,
+                      "config": {"method": "revisions", "n": n, "m": None, "k": 0, "seed": 0,
+                                 "ratio": ratio, "parallel": parallel, "length": length},
+                      "selected": {"weighted:last": {"correct": correct},
+                                   "majority": {"correct": correct}},
+                      "budget": {"generations": n},
+                      "revision": {"parallel": parallel, "length": length,
+                                   "pass_at_step": [float(x) for x in steps],
+                                   "revised_to_incorrect": flipped,
+                                   "correct_with_next": with_next}})
+  return lines
+
+
+@pytest.mark.parametrize("sequential_better", [True, False])
+def test_revision_findings_follow_the_data(sequential_better):
+  lines, difficulty = _lines(40, True)
+  revisions = _revision_lines(40, sequential_better, flip=False)
+  p = prepare(lines + revisions, samples=16, difficulty_lines=difficulty)
+  found = {f.id: f for f in F.revision_findings(p, revisions, n_boot=100)}
+  seq = found["sequential_beats_parallel"]
+  assert seq.verdict == ("reproduced" if sequential_better else "not reproduced")
+  co = found["compute_optimal_revisions_efficiency"]
+  assert co.verdict != "not measured"
+  assert (co.measured >= 2) == sequential_better
+  # no chain flips a right answer here (and all-wrong chains have none to flip)
+  away = found["correct_revised_to_incorrect"]
+  assert (away.measured, away.verdict) == ((0.0, "not reproduced") if sequential_better
+                                           else (None, "not measured"))
+  # nothing changes after step 4
+  assert found["revisions_improve_past_window"].verdict == "not reproduced"
+  assert found["best_ratio_by_difficulty"].verdict != "not measured"
+
+
+def test_revised_to_incorrect_share():
+  lines, difficulty = _lines(40, True)
+  revisions = _revision_lines(40, True, flip=True)
+  p = prepare(lines + revisions, samples=16, difficulty_lines=difficulty)
+  found = {f.id: f for f in F.revision_findings(p, revisions, n_boot=100)}
+  away = found["correct_revised_to_incorrect"]
+  # chains of 16 alternate right / wrong: every right step with a next one flips
+  assert away.measured == pytest.approx(1.0) and away.verdict == "reproduced"
+
+
+@pytest.mark.parametrize("ratio, budget, share", [("seq", 16, 1.0), ("par", 16, 0.0),
+                                                  ("1:1", 16, 0.5), ("4:1", 16, 0.75)])
+def test_sequential_share(ratio, budget, share):
+  assert F.sequential_share(ratio, budget) == pytest.approx(share)

@@ -96,7 +96,7 @@ def test_killed_mid_sweep_resumes_without_redoing_finished_stages(smoke_run):
   again = subprocess.run(_command(out), cwd=ROOT, env=_env(), capture_output=True, text=True,
                          timeout=300)
   assert again.returncode == 0, again.stderr
-  assert again.stderr.count("done earlier") == 7
+  assert again.stderr.count("done earlier") == 9
   assert open(os.path.join(out, "results.json")).read() == before
   # Other settings in the same directory are refused, naming what differs.
   other = subprocess.run(_command(out, "--questions=30"), cwd=ROOT, env=_env(),
@@ -108,7 +108,7 @@ def test_killed_mid_sweep_resumes_without_redoing_finished_stages(smoke_run):
 def test_report_structure_and_consistency(smoke_run):
   out, results = smoke_run["out"], smoke_run["results"]
   preset = reproduce.get_preset("smoke")
-  # Findings: the acceptance interface's fields, known verdicts, the revisions pending.
+  # Findings: the acceptance interface's fields, known verdicts.
   ids = [f["id"] for f in results["findings"]]
   assert len(ids) == len(set(ids)) >= 10
   for f in results["findings"]:
@@ -158,12 +158,47 @@ def test_report_structure_and_consistency(smoke_run):
   report = open(os.path.join(out, "report.md")).read()
   for f in results["findings"]:
     assert f["claim"] in report and f"**{f['verdict']}**" in report
-  assert len(results["plots"]) == 4
+  assert len(results["plots"]) == 5
   for name in results["plots"]:
     assert f"]({name})" in report
     with open(os.path.join(out, name), "rb") as fh:
       assert fh.read(8) == PNG_MAGIC
   assert "within-question AUC" in report and "## FLOPs-matched comparison" in report
+
+
+@pytest.mark.slow
+def test_revisions_section(smoke_run):
+  """The revision stages ran (the smoke policy as its own revision model) and
+  results.json's `revisions` section is what their lines give."""
+  out, results = smoke_run["out"], smoke_run["results"]
+  preset = reproduce.get_preset("smoke")
+  lines = read_lines(os.path.join(out, "revisions", "results.jsonl"))
+  # every (question, budget, ratio that fits it, seed) once: 1:1 fits 1 and 4, not 2
+  want = {("par", n) for n in preset.budgets} | {("seq", n) for n in preset.budgets} | {
+      ("1:1", 1), ("1:1", 4)}
+  got = {(l["config"]["ratio"], l["config"]["n"]) for l in lines}
+  assert got == want
+  assert len(lines) == len(want) * preset.questions * len(preset.seeds)
+  for l in lines:
+    assert l["config"]["parallel"] * l["config"]["length"] == l["config"]["n"]
+    assert len(l["revision"]["pass_at_step"]) == l["config"]["length"]
+  rev = results["revisions"]
+  assert set(rev["ratios"]) == {"par", "1:1", "seq"}
+  assert list(rev["ratios"]) == ["par", "1:1", "seq"]  # most parallel first
+  acc = rev["ratios"]["seq"][rev["selection"]]
+  seq4 = [l for l in lines if l["config"]["ratio"] == "seq" and l["config"]["n"] == 4]
+  mean = np.mean([l["selected"][rev["selection"]]["correct"] for l in seq4])
+  assert acc[rev["budgets"].index(4)] == pytest.approx(mean)
+  assert rev["ratios"]["1:1"][rev["selection"]][rev["budgets"].index(2)] is None
+  assert len(rev["best_ratio_by_bin"]) == preset.bins
+  assert rev["chains"]["chain_length"] == max(preset.budgets)
+  ids = {f["id"] for f in results["findings"]}
+  assert {"compute_optimal_revisions_efficiency", "sequential_beats_parallel",
+          "best_ratio_by_difficulty", "correct_revised_to_incorrect",
+          "revisions_improve_past_window"} <= ids
+  report = open(os.path.join(out, "report.md")).read()
+  assert "## Revisions" in report and "revisions_vs_budget.png" in results["plots"]
+  assert results["stage_wall_s"]["revision_model"] is not None
 
 
 def test_bad_presets_get_clear_errors():
@@ -191,3 +226,21 @@ def test_stage_cache_runs_each_stage_once(tmp_path):
   with pytest.raises(RuntimeError):  # a failing stage leaves no marker
     again.run("b", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
   assert again.done("b") is None and again.wall()["a"] is not None
+
+
+def test_a_preset_gaining_a_stage_keeps_finished_stages(tmp_path):
+  """An out dir made before a preset setting existed (e.g. revisions) accepts it:
+  nothing finished is redone except the report."""
+  smoke = reproduce.get_preset("smoke")
+  saved = json.loads(json.dumps(smoke.to_dict()))
+  del saved["revisions"]
+  (tmp_path / "preset.json").write_text(json.dumps(saved))
+  (tmp_path / "stages").mkdir()
+  for stage in ("sweep", "report"):
+    (tmp_path / "stages" / f"{stage}.json").write_text("{}")
+  reproduce.check_preset(str(tmp_path), smoke)
+  assert sorted(os.listdir(tmp_path / "stages")) == ["sweep.json"]
+  assert json.loads((tmp_path / "preset.json").read_text())["revisions"] is not None
+  import dataclasses
+  with pytest.raises(ValueError, match="questions"):
+    reproduce.check_preset(str(tmp_path), dataclasses.replace(smoke, questions=30))

@@ -159,3 +159,60 @@ def test_analyses_read_a_real_sweep(smoke_policy, tmp_path):
   assert [r["r"] for r in rows] == [0.16, 0.79, 22.0]
   assert all(r["multiplier"] == pytest.approx(1.0) and r["matched_budget"] == 1 for r in rows)
   assert 0.0 <= rows[0]["bins"][0]["large"] <= 1.0
+
+
+@pytest.mark.background("_policy_and_sweep")
+def test_revisions_sweep(smoke_policy, tmp_path):
+  """Method revisions with the policy itself as the revision model (plumbing):
+  the all-parallel ratio is best-of-N exactly; chains record their extras."""
+  out = tmp_path / "revisions"
+  opts = _opts(smoke_policy, out, methods=("best_of_n", "revisions"), ns=(1, 4),
+               ratios=("par", "1:1", "seq", "2:1"), revision_model=smoke_policy, num_questions=3)
+  configs, notes = run_search.expand_grid(opts)
+  assert sum("ratio=2:1" in note for note in notes) == 2  # 2:1 splits neither 1 nor 4
+  summary = run_search.run(opts, print_fn=lambda s: None, progress=False)
+  lines = _lines(out)
+  # best-of-N n=1, 4; revisions n=1 and n=4 at each of par, 1:1, seq
+  by_key = {(l["config"]["method"], l["config"]["n"], l["config"].get("ratio"),
+             l["question_index"]): l for l in lines}
+  assert len(lines) == 3 * (2 + 3 + 3) == len(by_key)
+  for q in {l["question_index"] for l in lines}:
+    bon, par = by_key[("best_of_n", 4, None, q)], by_key[("revisions", 4, "par", q)]
+    for field in ("answers", "correct", "scores", "num_tokens"):
+      assert par[field] == bon[field], field
+    assert par["selected"]["majority"] == bon["selected"]["majority"]
+    seq = by_key[("revisions", 4, "seq", q)]
+    assert seq["revision"]["parallel"] == 1 and seq["revision"]["length"] == 4
+    assert len(seq["revision"]["pass_at_step"]) == 4
+    assert seq["revision"]["correct_with_next"] == sum(seq["correct"][:3])
+    assert seq["budget"]["generations"] == 4
+    # the sequential chain re-reads its previous attempts: more policy tokens than samples
+    assert seq["budget"]["policy_tokens"] > sum(seq["num_tokens"])
+    square = by_key[("revisions", 4, "1:1", q)]
+    assert (square["config"]["parallel"], square["config"]["length"]) == (2, 2)
+  ratios = {r["ratio"] for r in summary["rows"] if r["method"] == "revisions"}
+  assert ratios == {"par", "1:1", "seq"}
+  # every analysis reads revisions as one more strategy family
+  from ttc_jax.analysis.outcomes import outcome_table
+  table = outcome_table(lines)
+  assert "revisions[seq]:weighted:last" in table.strategies
+  assert "revisions[1:1]:majority" in table.strategies
+
+
+@pytest.mark.parametrize("spec, n, want", [("seq", 8, 1), ("par", 8, 8), ("1:1", 16, 4),
+                                           ("4:1", 16, 2), ("1:4", 16, 8), ("2:1", 8, 2)])
+def test_resolve_parallel(spec, n, want):
+  assert run_search.resolve_parallel(spec, n) == want
+
+
+@pytest.mark.parametrize("spec, n, message", [("1:1", 8, "does not split"),
+                                              ("x", 4, "sequential:parallel"),
+                                              ("0:1", 4, ">= 1")])
+def test_resolve_parallel_refuses(spec, n, message):
+  with pytest.raises(ValueError, match=message):
+    run_search.resolve_parallel(spec, n)
+
+
+def test_revisions_need_a_revision_model(tmp_path):
+  with pytest.raises(ValueError, match="--revision_model"):
+    run_search.expand_grid(_opts("unused", tmp_path, methods=("revisions",)))

@@ -171,3 +171,36 @@ def test_revised_to_incorrect_and_pass_at_step():
   np.testing.assert_allclose(pass_at_step(correct), [0.5, 0.5, 1.0, 0.5])
   with pytest.raises(ValueError, match=r"\[Q, P, L\]"):
     pass_at_step(correct[0])
+
+
+# ---- the host API: chains scored by a verifier
+
+
+def test_revise_scores_every_attempt_like_best_of_n_scoring(policy):
+  from ttc_jax.revision.api import revise
+  from ttc_jax.search import search
+  vcfg = VerifierConfig(model=CFG, head="value", step_token_id=22)
+  vparams = init_verifier(vcfg, jax.random.key(1), policy)
+  prompts = [PROMPTS[i, :LENGTHS[i]].tolist() for i in range(3)]
+  rcfg = RevisionConfig(n=4, parallel=4, max_attempt_tokens=ATTEMPT)
+  out = revise(CFG, policy, vcfg, vparams, prompts, rcfg, eos_id=EOS, pad_id=PAD, seed=3,
+               prompt_width=8, max_steps=ATTEMPT)
+  # all-parallel revisions are best-of-N: same samples, same scores, same budget
+  bon = search(CFG, policy, vcfg, vparams, prompts,
+               SearchConfig("best_of_n", 4, max_solution_tokens=ATTEMPT, max_steps=ATTEMPT,
+                            tail_fraction=0), eos_id=EOS, pad_id=PAD, seed=3, prompt_width=8)
+  np.testing.assert_array_equal(out.tokens, bon.tokens[:, :, :ATTEMPT])
+  np.testing.assert_allclose(out.step_scores, bon.step_scores, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out.step_mask, bon.step_mask)
+  for field in ("generations", "policy_tokens", "verifier_tokens"):
+    np.testing.assert_array_equal(getattr(out.budget, field), getattr(bon.budget, field))
+  np.testing.assert_allclose(out.budget.policy_flops, bon.budget.policy_flops, rtol=1e-6)
+  # chains of 2 x 2: four generations, and the second steps' contexts cost policy tokens
+  two = revise(CFG, policy, vcfg, vparams, prompts, RevisionConfig(n=4, parallel=2,
+               max_attempt_tokens=ATTEMPT), eos_id=EOS, pad_id=PAD, seed=3, prompt_width=8,
+               max_steps=ATTEMPT)
+  assert (two.budget.generations == 4).all()
+  assert (two.budget.policy_tokens > two.lengths.sum(axis=1)).all()
+  with pytest.raises(ValueError, match="needs .* positions"):
+    revise(CFG, policy, vcfg, vparams, prompts, RevisionConfig(n=4, parallel=2,
+           max_attempt_tokens=60), eos_id=EOS, prompt_width=8)

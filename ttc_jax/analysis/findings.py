@@ -226,23 +226,37 @@ def _aggregation_finding(p: Prepared, *, n_boot: int, seed: int) -> Finding:
 
 def efficiency_finding(p: Prepared, bins_name: str, *, n_boot: int = 1000, seed: int = 0
                        ) -> Finding:
-  """Compute-optimal's saving at the largest budget: the baseline's budget
+  """Compute-optimal search's saving at the largest budget: the baseline's budget
   over the smallest budget where compute-optimal reaches its accuracy."""
-  bins = p.oracle if bins_name == "oracle" else p.predicted
-  id = f"compute_optimal_efficiency_{bins_name}_bins"
   claim = (f"Compute-optimal search ({bins_name} difficulty bins) matches best-of-N with about "
            "4x less compute")
   paper = "~4x (16 vs 64 generations)" + ("" if bins_name == "oracle" else
                                           "; predicted bins nearly as good as oracle")
-  budgets = p.outcomes.budgets
-  if len(budgets) < 2:
-    return _not_measured(id, claim, paper, "one budget: no saving to measure")
-  base = _acc(p, p.baseline)
+  return _efficiency(p, bins_name, p.baseline, None, f"compute_optimal_efficiency_{bins_name}_bins",
+                     claim, paper, n_boot=n_boot, seed=seed)
+
+
+def _efficiency(p: Prepared, bins_name: str, baseline: str, keep: Callable[[str], bool] | None,
+                id: str, claim: str, paper: str, *, n_boot: int, seed: int) -> Finding:
+  """Compute-optimal selection among the strategies `keep` passes (None: all)
+  against `baseline`: the budget ratio at the largest budget."""
+  bins = p.oracle if bins_name == "oracle" else p.predicted
+  why = _missing(p, baseline)
+  outcomes = p.outcomes if keep is None or why else p.outcomes.select(keep)
+  budgets = [b for j, b in enumerate(p.outcomes.budgets)
+             if not why and p.outcomes.complete()[p.outcomes.strategy_index(baseline), j]]
+  if not why and len(budgets) < 2:
+    why = "fewer than two budgets: no saving to measure"
+  if why:
+    return _not_measured(id, claim, paper, why)
+  outcomes = outcomes.at_budgets(lambda b: b in budgets)
+  base = p.outcomes.at_budgets(lambda b: b in budgets).accuracy[
+      p.outcomes.strategy_index(baseline)]
   if base[-1].mean() <= base[0].mean():  # any curve "matches" it at the smallest budget
-    return _not_measured(id, claim, paper, f"best-of-N weighted gains nothing from budget "
+    return _not_measured(id, claim, paper, f"{baseline} gains nothing from budget "
                          f"({base[0].mean():.3f} at {budgets[0]}, {base[-1].mean():.3f} at "
                          f"{budgets[-1]}): no saving to measure")
-  co = compute_optimal(p.outcomes, bins, seed=seed)
+  co = compute_optimal(outcomes, bins, seed=seed)
   point = efficiency(budgets, base.mean(axis=1), co.accuracy)[-1]
   band = bootstrap_efficiency(budgets, base, co.per_question, p.oracle.bin_of, n_boot=n_boot,
                               seed=seed)[-1]
@@ -251,7 +265,7 @@ def efficiency_finding(p: Prepared, bins_name: str, *, n_boot: int = 1000, seed:
   return Finding(id, claim, paper, ratio, interval,
                  verdict_above(ratio, interval, EFFICIENCY_FLOOR - 1e-9),
                  f"budget ratio at the largest budget >= {EFFICIENCY_FLOOR:g}",
-                 f"best-of-N weighted at {point['budget']} ({point['baseline_accuracy']:.3f}) "
+                 f"{baseline} at {point['budget']} ({point['baseline_accuracy']:.3f}) "
                  f"reached by compute-optimal at {point['matched_budget']}; resamples never "
                  f"reaching it: {band['never_reached']:.0%}")
 
@@ -287,17 +301,150 @@ def flops_matched_finding(table: list[dict]) -> Finding:
                  f"hardest-bin gap {hard:+.3f}")
 
 
-REVISION_FINDINGS = (
-    ("compute_optimal_revisions_efficiency", "Compute-optimal revisions match best-of-N with "
-     "about 4x less compute", "~4x (64 vs 256 generations)"),
-    ("sequential_beats_parallel", "Sequential revisions slightly beat parallel sampling",
-     "sequential above parallel at equal budget"),
-    ("best_ratio_by_difficulty", "The best sequential:parallel ratio is more sequential on easy "
-     "prompts, intermediate on hard ones", "easy: mostly sequential; hard: a mix"),
-)
+# ----------------------------------------------------------------------------- revisions
+
+REVISED_AWAY_FLOOR = 0.10  # "about 38% revised into incorrect": a substantial share, > 10%
 
 
-def revision_findings() -> list[Finding]:
-  """The revision findings, not measured until a sweep holds revision strategies (issue #6)."""
-  return [_not_measured(id, claim, paper, "revisions are not implemented yet (issue #6)")
-          for id, claim, paper in REVISION_FINDINGS]
+def revisions_name(ratio: str, selection: str = "weighted:last") -> str:
+  return f"revisions[{ratio}]:{selection}"
+
+
+def is_revisions(strategy: str) -> bool:
+  return strategy.startswith("revisions[")
+
+
+def _ratio_of(strategy: str) -> str:
+  return strategy[len("revisions["):strategy.index("]")]
+
+
+def sequential_share(ratio: str, budget: int) -> float:
+  """log L / log N of a sequential:parallel spec at budget N: 0 all parallel, 1 all sequential."""
+  from math import isqrt, log2
+  if budget <= 1:
+    return 0.5  # one generation is both
+  if ratio in ("seq", "par"):
+    return 1.0 if ratio == "seq" else 0.0
+  seq, par = (int(x) for x in ratio.split(":"))
+  chains = isqrt(budget * par // seq)
+  return log2(budget // chains) / log2(budget)
+
+
+def revision_findings(p: Prepared, lines: list[dict], *, n_boot: int = 1000, seed: int = 0
+                      ) -> list[Finding]:
+  """The revision findings of PAPER.md, from a table holding revision strategies
+  (`revisions[<ratio>]:<selection>`) and the revision sweep's lines (their
+  per-chain extras). The baseline is the revision model's own all-parallel
+  best-of-N (`revisions[par]`): the comparison isolates the sequential lever."""
+  kw = dict(n_boot=n_boot, seed=seed)
+  par, seq = revisions_name("par"), revisions_name("seq")
+  return [
+      _efficiency(p, "oracle", par, is_revisions, "compute_optimal_revisions_efficiency",
+                  "Compute-optimal revisions (oracle bins) match parallel best-of-N with about "
+                  "4x less compute", "~4x (64 vs 256 generations)", **kw),
+      _difference_finding(p, "sequential_beats_parallel", "Sequential revisions slightly beat "
+                          "parallel sampling at equal budget", "sequential above parallel",
+                          seq, par, lambda cols: [j for j in cols if p.outcomes.budgets[j] > 1],
+                          "above", **kw),
+      _best_ratio_by_difficulty(p),
+      _revised_away(lines, p, **kw),
+      _keeps_improving(lines, p, **kw),
+  ]
+
+
+def _best_ratio_by_difficulty(p: Prepared) -> Finding:
+  """At the largest budget with several ratios: the best ratio's sequential share
+  in the easiest bin minus the hardest bin's."""
+  id = "best_ratio_by_difficulty"
+  claim = ("The best sequential:parallel ratio is more sequential on easy prompts than on the "
+           "hardest ones")
+  paper = "easy: mostly sequential; hard: a mix of sequential and parallel"
+  ratios = sorted({_ratio_of(s) for s in p.outcomes.strategies if is_revisions(s)})
+  names = [revisions_name(r) for r in ratios if revisions_name(r) in p.outcomes.strategies]
+  done = p.outcomes.complete()
+  cols = [j for j in range(len(p.outcomes.budgets))
+          if sum(done[p.outcomes.strategy_index(n), j] for n in names) >= 2
+          and p.outcomes.budgets[j] > 1]
+  if not cols:
+    return _not_measured(id, claim, paper, "no budget with two or more revision ratios")
+  j = cols[-1]
+  budget = p.outcomes.budgets[j]
+  here = [n for n in names if done[p.outcomes.strategy_index(n), j]]
+  share = {}
+  for b in (0, p.oracle.n_bins - 1):
+    members = p.oracle.members(b)
+    accuracy = [_acc(p, n)[j, members].mean() for n in here]
+    # ties: the more parallel ratio (the conservative side for this claim)
+    best = max(range(len(here)), key=lambda i: (accuracy[i],
+                                                -sequential_share(_ratio_of(here[i]), budget)))
+    share[b] = (here[best], sequential_share(_ratio_of(here[best]), budget))
+  gap = share[0][1] - share[p.oracle.n_bins - 1][1]
+  verdict = REPRODUCED if gap > 0 else PARTLY if gap == 0 else NOT_REPRODUCED
+  return Finding(id, claim, paper, gap, None, verdict,
+                 "sequential share log L / log N of the best ratio: easiest bin - hardest bin "
+                 "> 0 (equal: partly)",
+                 f"budget {budget}: easiest bin best {share[0][0]}, hardest bin best "
+                 f"{share[p.oracle.n_bins - 1][0]}")
+
+
+def longest_chains(lines: list[dict]) -> list[dict]:
+  """The lines of the longest chains swept (all-sequential at the largest budget)."""
+  chains = [l for l in lines if l["config"]["method"] == "revisions"]
+  if not chains:
+    return []
+  longest = max(l["revision"]["length"] for l in chains)
+  return [l for l in chains if l["revision"]["length"] == longest]
+
+
+def _per_question(lines: list[dict], p: Prepared, value) -> tuple[np.ndarray, np.ndarray]:
+  """(per-question mean of value(line) over seeds, oracle bin) for questions in the table."""
+  position = {q: i for i, q in enumerate(p.outcomes.questions.tolist())}
+  sums: dict[int, list[float]] = {}
+  for line in lines:
+    v = value(line)
+    if v is not None and line["question_index"] in position:
+      sums.setdefault(line["question_index"], []).append(v)
+  qs = sorted(sums)
+  return (np.array([np.mean(sums[q]) for q in qs]),
+          p.oracle.bin_of[[position[q] for q in qs]])
+
+
+def _revised_away(lines: list[dict], p: Prepared, *, n_boot: int, seed: int) -> Finding:
+  id = "correct_revised_to_incorrect"
+  claim = "A substantial share of correct answers is revised into incorrect ones"
+  paper = "about 38%, so answers must be selected, not just the last one taken"
+  chains = longest_chains(lines)
+  if not chains or chains[0]["revision"]["length"] < 2:
+    return _not_measured(id, claim, paper, "no revision chain of two or more steps")
+  flipped, base = _per_question(chains, p, lambda l: l["revision"]["revised_to_incorrect"])
+  with_next, _ = _per_question(chains, p, lambda l: l["revision"]["correct_with_next"])
+  total = with_next.sum()
+  if total == 0:
+    return _not_measured(id, claim, paper, "no correct answer had a next revision")
+  # a ratio of sums: resample questions, recompute
+  ratios = [flipped[pick].sum() / max(with_next[pick].sum(), 1e-12)
+            for pick in stratified_resamples(base, n_boot, seed)]
+  low, high = np.quantile(ratios, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+  point = float(flipped.sum() / total)
+  return Finding(id, claim, paper, point, (float(low), float(high)),
+                 verdict_above(point, (float(low), float(high)), REVISED_AWAY_FLOOR),
+                 f"share of correct attempts whose next revision is incorrect > "
+                 f"{REVISED_AWAY_FLOOR:g}",
+                 f"chains of {chains[0]['revision']['length']}, {flipped.size} questions")
+
+
+def _keeps_improving(lines: list[dict], p: Prepared, *, n_boot: int, seed: int) -> Finding:
+  from ttc_jax.revision.format import WINDOW
+  id = "revisions_improve_past_window"
+  claim = (f"pass@1 keeps improving with revision steps beyond the {WINDOW} attempts the "
+           "context holds")
+  paper = "pass@1 rises with each revision step, past step 4"
+  chains = longest_chains(lines)
+  if not chains or chains[0]["revision"]["length"] <= WINDOW:
+    return _not_measured(id, claim, paper, f"no chain longer than {WINDOW} steps")
+  gain, base = _per_question(chains, p, lambda l: float(
+      np.mean(l["revision"]["pass_at_step"][WINDOW:]) - l["revision"]["pass_at_step"][WINDOW - 1]))
+  point, interval = bootstrap_mean(gain, base, n_boot=n_boot, seed=seed)
+  return Finding(id, claim, paper, point, interval, verdict_above(point, interval),
+                 f"mean pass@1 of steps > {WINDOW} - pass@1 of step {WINDOW} > 0",
+                 f"chains of {chains[0]['revision']['length']}, {gain.size} questions")

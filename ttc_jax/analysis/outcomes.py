@@ -38,12 +38,21 @@ def search_strategy_prefix(config: dict) -> str:
   return config["method"] + (f"[{','.join(settings)}]" if settings else "")
 
 
-@register_family("best_of_n", "beam", "lookahead", "dvts")
-def search_outcomes(line: dict) -> Iterator[tuple[str, bool]]:
-  """One strategy per selection rule the line recorded."""
-  prefix = search_strategy_prefix(line["config"])
+def selected_outcomes(prefix: str, line: dict) -> Iterator[tuple[str, bool]]:
+  """One strategy "<prefix>:<selection>" per selection rule the line recorded."""
   for selection, chosen in line["selected"].items():
     yield f"{prefix}:{selection}", bool(chosen["correct"])
+
+
+@register_family("best_of_n", "beam", "lookahead", "dvts")
+def search_outcomes(line: dict) -> Iterator[tuple[str, bool]]:
+  return selected_outcomes(search_strategy_prefix(line["config"]), line)
+
+
+@register_family("revisions")
+def revision_outcomes(line: dict) -> Iterator[tuple[str, bool]]:
+  """'revisions[1:1]:weighted:last': one strategy per sequential:parallel ratio and selection."""
+  return selected_outcomes(f"revisions[{line['config']['ratio']}]", line)
 
 
 @dataclasses.dataclass(frozen=True)

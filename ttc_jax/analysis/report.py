@@ -91,7 +91,26 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
   plots.flops_matched_bars(results["flops_matched"]["rows"], path("flops_matched.png"),
                            title="Small model + test-time compute vs ~14x larger model "
                                  "(matched FLOPs)")
+  revisions = results.get("revisions")
+  if revisions:
+    curves = {f"revisions {r} ({revisions['selection']})": by[revisions["selection"]]
+              for r, by in revisions["ratios"].items() if revisions["selection"] in by}
+    co = revisions["compute_optimal"]
+    if co:
+      curves["compute-optimal revisions (oracle bins)"] = _on_budgets(
+          co["oracle"]["accuracy"], co["budgets"], revisions["budgets"])
+    curves["best-of-N weighted (policy)"] = _on_budgets(
+        strategies[analysis["baseline"]]["all"], budgets, revisions["budgets"])
+    plots.accuracy_vs_budget(
+        revisions["budgets"], curves, path("revisions_vs_budget.png"),
+        title="Sequential revisions: accuracy vs budget per sequential:parallel ratio (L:P)")
   return files
+
+
+def _on_budgets(values: list, have: list[int], want: list[int]) -> list:
+  """`values` over budgets `have`, placed on `want` (None where missing)."""
+  at = dict(zip(have, values))
+  return [at.get(b) for b in want]
 
 
 def _models_section(results: dict) -> list[str]:
@@ -203,5 +222,40 @@ def render_report(results: dict) -> str:
   lines += _strategies_section(results)
   lines += _efficiency_section(results)
   lines += _flops_section(results)
-  lines += ["## Revisions", "", "Not run: sequential revisions are issue #6.", ""]
+  lines += _revisions_section(results)
   return "\n".join(lines)
+
+
+def _revisions_section(results: dict) -> list[str]:
+  rev = results.get("revisions")
+  if not rev:
+    return ["## Revisions", "", "Not run in this reproduction (no revision lines).", ""]
+  budgets, sel = rev["budgets"], rev["selection"]
+  rows = [[r] + by[sel] for r, by in rev["ratios"].items() if sel in by]
+  out = ["## Revisions", "",
+         "P parallel chains of L sequential revisions (N = L x P generations; ratio L:P, "
+         "`seq` = one chain, `par` = N chains of one, i.e. best-of-N from the revision model). "
+         f"Selection: {sel}, hierarchical (within each chain, then across chain winners). "
+         "The PRM scores each attempt after the question alone.", "",
+         _table(["ratio L:P"] + [f"N={b}" for b in budgets], rows), "",
+         "![Revisions](revisions_vs_budget.png)", ""]
+  co = rev["compute_optimal"]
+  if co:
+    eff = co["oracle"]["efficiency"][-1]
+    out += [f"Compute-optimal revisions (oracle bins, 2-fold) vs {co['baseline']}: at N="
+            f"{eff['budget']} the baseline's {eff['baseline_accuracy']:.3f} is reached at "
+            f"{_fmt(eff['matched_budget'])} generations.", ""]
+  by_bin = rev["best_ratio_by_bin"]
+  out += ["Best ratio per oracle bin (1 = easiest) and budget:", "",
+          _table(["bin"] + [f"N={b}" for b in budgets],
+                 [[b] + [per.get(str(n)) for n in budgets] for b, per in by_bin.items()]), ""]
+  chains = rev["chains"]
+  if chains:
+    steps = chains["pass_at_step"]
+    out += [f"Longest chains ({chains['chain_length']} steps, {chains['lines']} lines): pass@1 "
+            "per revision step:", "",
+            _table([f"step {t + 1}" for t in range(len(steps))], [steps]), "",
+            f"Correct answers revised into incorrect ones by the next step: "
+            f"{chains['revised_to_incorrect']} of {chains['correct_with_next']} "
+            f"({_fmt(chains['revised_to_incorrect_share'])}; the paper saw about 38%).", ""]
+  return out

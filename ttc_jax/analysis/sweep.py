@@ -53,7 +53,7 @@ def _bins_summary(bins: Bins) -> dict:
   return {"sizes": bins.sizes, "value_ranges": bins.edges()}
 
 
-def _compute_optimal_summary(outcomes: Outcomes, bins: Bins, baseline: str, *, seed: int,
+def compute_optimal_summary(outcomes: Outcomes, bins: Bins, baseline: str, *, seed: int,
                              n_boot: int) -> dict:
   co = compute_optimal(outcomes, bins, seed=seed)
   base = outcomes.strategy_index(baseline)
@@ -147,7 +147,7 @@ def analyze_sweep(lines: Iterable[dict], *, samples: int, n_bins: int = 5,
                "agreement": float(np.mean(oracle.bin_of == predicted.bin_of))},
       "strategies": strategy_table(outcomes, oracle),
       "compute_optimal": {
-          name: _compute_optimal_summary(outcomes, bins, baseline, seed=seed, n_boot=n_boot)
+          name: compute_optimal_summary(outcomes, bins, baseline, seed=seed, n_boot=n_boot)
           for name, bins in (("oracle", oracle), ("predicted", predicted))},
       "router": router,
   }

@@ -140,7 +140,7 @@ def _feed_context(cfg: ModelConfig, params: dict, cache, prompt_lengths: jax.Arr
   return cache.replace(lengths=prompt_lengths + context_len), logits
 
 
-def _chains(cfg: ModelConfig, rcfg: RevisionConfig, params: dict, prompts: jax.Array,
+def chain_attempts(cfg: ModelConfig, rcfg: RevisionConfig, params: dict, prompts: jax.Array,
             prompt_lengths: jax.Array, seed: jax.Array, prompt_streams: jax.Array, *,
             eos_id: int, pad_id: int) -> ChainResult:
   q, width = prompts.shape
@@ -191,7 +191,7 @@ def chain_counters(prompt_lengths: jax.Array, context: jax.Array, num_new: jax.A
 
 
 _STATIC = ("cfg", "rcfg", "eos_id", "pad_id")
-run_chains = jax.jit(_chains, static_argnames=_STATIC)
+run_chains = jax.jit(chain_attempts, static_argnames=_STATIC)
 run_chains.__doc__ = """P chains of L attempts for each right-padded prompt [Q, W] (lengths [Q]).
 
 seed: uint32; prompt_streams [Q] uint32: a prompt's random stream (chain c of

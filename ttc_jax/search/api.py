@@ -153,22 +153,34 @@ def _mesh_search(mesh):
   return sharded_search_fn(mesh)
 
 
-def _to_output(pcfg, vcfg, scfg, out, prompt_lengths: np.ndarray) -> SearchOutput:
-  q, n = len(prompt_lengths), scfg.n
-  per_prompt = lambda x: np.asarray(x).reshape(q, n).sum(axis=1)
-  c = out.counters
+def make_budget(pcfg: ModelConfig, vcfg: VerifierConfig, generations: int, counters,
+                prompt_lengths: np.ndarray, rows_per_prompt: int, rounds: np.ndarray) -> Budget:
+  """Per-prompt `Budget` from per-row device counters (rows prompt-major).
+
+  The prompt is prefilled once per prompt by each model: its tokens and
+  their contexts are added once here.
+  """
+  q = len(prompt_lengths)
+  per_prompt = lambda x: np.asarray(x).reshape(q, rows_per_prompt).sum(axis=1)
+  c = counters
   prompt_tokens = prompt_lengths.astype(np.int64)
   prompt_context = prompt_tokens * (prompt_tokens + 1) / 2
   policy_tokens, verifier_tokens = per_prompt(c.policy_tokens), per_prompt(c.verifier_tokens)
-  budget = Budget(
-      generations=np.full(q, scfg.generations),
+  return Budget(
+      generations=np.full(q, generations),
       policy_tokens=policy_tokens, policy_prompt_tokens=prompt_tokens,
       verifier_tokens=verifier_tokens + prompt_tokens,
       policy_flops=forward_flops(pcfg, policy_tokens + prompt_tokens,
                                  per_prompt(c.policy_context) + prompt_context),
       verifier_flops=forward_flops(vcfg.model, verifier_tokens + prompt_tokens,
                                    per_prompt(c.verifier_context) + prompt_context),
-      rounds=np.asarray(out.rounds).reshape(q, n).max(axis=1))
+      rounds=rounds)
+
+
+def _to_output(pcfg, vcfg, scfg, out, prompt_lengths: np.ndarray) -> SearchOutput:
+  q, n = len(prompt_lengths), scfg.n
+  budget = make_budget(pcfg, vcfg, scfg.generations, out.counters, prompt_lengths, n,
+                       np.asarray(out.rounds).reshape(q, n).max(axis=1))
   s = scfg.max_steps
   mask = np.arange(s)[None, :] < np.asarray(out.num_steps)[:, None]
   return SearchOutput(
