@@ -17,8 +17,11 @@ chains of sqrt(N); "seq" = one chain of N; "par" = N chains of one, i.e.
 best-of-N from the revision model). The PRM scores every attempt after the
 question alone. Selections: "weighted" is hierarchical (within each chain,
 then across the chain winners), "majority" and "best_of_n" are flat over all
-N answers. Lines add `revision`: P, L, pass@1 per revision step and how
-many correct answers the next revision turned incorrect.
+N answers. Lines add `revision`: P, L, pass@1 per revision step, how
+many correct answers the next revision turned incorrect, and `verifier`: what
+scored the attempts ("prm": --prm after the question alone; else the
+--revision_verifier directory, an ORM of experiments/train_revision_verifier.py
+that reads each attempt after its previous attempts).
 
 --prm: a verifier run directory (`ttc_jax.verifier.checkpoint.load_verifier`),
 or "policy_logprob": an untrained token-level head on the policy's own weights
@@ -101,6 +104,7 @@ class Options:
   ks: tuple[int, ...] = (0,)
   ratios: tuple[str, ...] = ("1:1",)  # method revisions: sequential:parallel (L:P), seq, par
   revision_model: str | None = None  # method revisions: the revision model's run directory
+  revision_verifier: str | None = None  # method revisions: scores attempts in context (not --prm)
   aggregations: tuple[str, ...] = ("last", "min", "prod")
   selections: tuple[str, ...] = ("majority", "best_of_n", "weighted")
   temperature: float = 1.0
@@ -121,12 +125,15 @@ class Options:
   def settings(self) -> dict:
     """What every result line depends on besides its own config (run.json)."""
     revision_model = self.revision_model and os.path.abspath(self.revision_model)
+    # Only when given: out dirs made before the flag existed stay valid.
+    extra = ({"revision_verifier": os.path.abspath(self.revision_verifier)}
+             if self.revision_verifier else {})
     return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
                 max_step_tokens=self.max_step_tokens,
                 max_solution_tokens=self.max_solution_tokens, max_rounds=self.max_rounds,
-                max_steps=self.max_steps)
+                max_steps=self.max_steps, **extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,11 +431,11 @@ def _chosen(config: Config, selection: str, ids: np.ndarray, scores: np.ndarray)
   return np.asarray(_SELECT[selection](ids, scores))
 
 
-def revision_summary(config: Config, correct: np.ndarray) -> dict:
+def revision_summary(config: Config, correct: np.ndarray, verifier: str = "prm") -> dict:
   """A revisions line's extras from its candidates' correctness [N] (chain-major)."""
   chains = correct.reshape(1, config.parallel, config.n // config.parallel)
   flipped, correct_with_next = revision_select.revised_to_incorrect(chains)
-  return dict(parallel=config.parallel, length=config.n // config.parallel,
+  return dict(parallel=config.parallel, length=config.n // config.parallel, verifier=verifier,
               pass_at_step=[round(float(x), SCORE_DIGITS)
                             for x in revision_select.pass_at_step(chains)],
               revised_to_incorrect=flipped, correct_with_next=correct_with_next)
@@ -436,7 +443,8 @@ def revision_summary(config: Config, correct: np.ndarray) -> dict:
 
 def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], config: Config,
                  seed: int, task, tokenizer, aggregations: Sequence[str],
-                 selections: Sequence[str], write_texts: bool = False) -> list[dict]:
+                 selections: Sequence[str], write_texts: bool = False,
+                 verifier: str = "prm") -> list[dict]:
   """One JSON-ready dict per question of a search batch (len(questions) first rows of `out`)."""
   q = len(questions)
   texts = out.texts(tokenizer)[:q]
@@ -463,7 +471,7 @@ def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], con
         any_correct=bool(correct[i].any()), frac_correct=float(correct[i].mean()),
         budget=out.budget.row(i))
     if config.method == REVISIONS:
-      line["revision"] = revision_summary(config, correct[i])
+      line["revision"] = revision_summary(config, correct[i], verifier)
     if write_texts:
       line["texts"] = texts[i]
     lines.append(line)
@@ -544,6 +552,9 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   vcfg, vparams = load_prm(opts.prm, pcfg, pparams, tokenizer)
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
       c.method == REVISIONS for c in configs) else None
+  revision_scorer = (load_prm(opts.revision_verifier, pcfg, pparams, tokenizer)
+                     if reviser and opts.revision_verifier else (vcfg, vparams))
+  revision_verifier = os.path.abspath(opts.revision_verifier) if opts.revision_verifier else "prm"
   task = load_task(opts.dataset, opts.policy)
   questions = select_questions(task, opts)
   if not saved:  # only once everything loaded: a typo does not pin the out_dir
@@ -584,13 +595,14 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
         batch = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed,
                      prompt_streams=[i for i, _ in padded], prompt_width=width)
         if config.method == REVISIONS:  # one device: chains are not sharded over a mesh yet
-          out = revise(*reviser, vcfg, vparams, [prompts[i] for i, _ in padded],
-                       config.revision_config(opts), max_steps=opts.max_steps, **batch)
+          out = revise(*reviser, *revision_scorer, [prompts[i] for i, _ in padded],
+                       config.revision_config(opts), max_steps=opts.max_steps,
+                       in_context=bool(opts.revision_verifier), **batch)
         else:
           out = search(pcfg, pparams, vcfg, vparams, [prompts[i] for i, _ in padded],
                        config.search_config(opts), mesh=mesh, **batch)
         lines = result_lines(out, chunk, config, seed, task, tokenizer, opts.aggregations,
-                             opts.selections, opts.write_texts)
+                             opts.selections, opts.write_texts, revision_verifier)
         append_lines(path, lines)
         done.update((line_key(l["uid"], l["config"]), l) for l in lines)
         bar.update(len(chunk))
@@ -618,6 +630,9 @@ def _define_flags():
                     "(L x P = N), 'seq' (one chain) or 'par' (N chains of one).")
   flags.DEFINE_string("revision_model", None, "Method revisions: the revision model's run "
                       "directory (experiments/train_revision.py --out_dir).")
+  flags.DEFINE_string("revision_verifier", None, "Method revisions: score attempts with this "
+                      "revision verifier (experiments/train_revision_verifier.py --out_dir), "
+                      "which reads each after its previous attempts, instead of --prm.")
   flags.DEFINE_list("aggregation", ["last", "min", "prod"], "Step aggregations recorded.")
   flags.DEFINE_list("selection", ["majority", "best_of_n", "weighted"], "Selections recorded.")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
@@ -655,6 +670,7 @@ def options_from_flags(f) -> Options:
   return Options(
       policy=f.policy, out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
       ms=tuple(f.m), ks=ints(f.k), ratios=tuple(f.ratio), revision_model=f.revision_model,
+      revision_verifier=f.revision_verifier,
       aggregations=tuple(f.aggregation),
       selections=tuple(f.selection), temperature=f.temperature, seeds=ints(f.seeds),
       dataset=f.dataset, split=f.split, num_questions=f.num_questions,

@@ -3,7 +3,9 @@
 `revise` runs the chains (`ttc_jax.revision.chains`) and scores every attempt
 with a verifier in the same jitted call. The verifier reads each attempt
 after the question alone (its prompt KV stored once, the best-of-N scorer):
-that is the base PRM "used as is" of PAPER.md. Attempts come back in the
+that is the base PRM "used as is" of PAPER.md. With `in_context` it reads
+each attempt after the attempts before it, as the revision model saw them
+(`ttc_jax.revision.verifier`: the revision verifier). Attempts come back in the
 order (chain, step), so `SearchOutput`-style [Q, N] arrays with N = P * L
 hold chain c's step t at column c * L + t.
 """
@@ -20,6 +22,7 @@ import numpy as np
 from ttc_jax.decode.generate import pad_prompts, round_up
 from ttc_jax.model import ModelConfig
 from ttc_jax.revision.chains import RevisionConfig, chain_attempts
+from ttc_jax.revision.verifier import score_in_context
 from ttc_jax.search.api import SearchOutput, make_budget
 from ttc_jax.search.engine import Counters, content_length, context_sum, score_candidates
 from ttc_jax.verifier.model import VerifierConfig, check_compatible
@@ -38,33 +41,43 @@ class _Revised:
 
 def _revise(pcfg: ModelConfig, vcfg: VerifierConfig, rcfg: RevisionConfig, pparams: dict,
             vparams: dict, prompts: jax.Array, prompt_lengths: jax.Array, seed: jax.Array,
-            prompt_streams: jax.Array, *, eos_id: int, pad_id: int, max_steps: int) -> _Revised:
+            prompt_streams: jax.Array, *, eos_id: int, pad_id: int, max_steps: int,
+            in_context: bool = False) -> _Revised:
   chains = chain_attempts(pcfg, rcfg, pparams, prompts, prompt_lengths, seed, prompt_streams,
                    eos_id=eos_id, pad_id=pad_id)
   r, length, a = chains.tokens.shape
   flat = chains.tokens.reshape(r * length, a)
   content, _ = content_length(flat, chains.num_new.reshape(-1), eos_id)
-  scores, mask = score_candidates(vcfg, vparams, prompts, prompt_lengths, flat, content,
-                                  n=rcfg.n, max_steps=max_steps)
+  if in_context:  # the revision verifier: the previous attempts are read too
+    scores, mask = score_in_context(vcfg, vparams, rcfg, prompts, prompt_lengths, chains,
+                                    eos_id=eos_id, pad_id=pad_id, max_steps=max_steps)
+    fed = content + chains.context.reshape(-1)
+  else:
+    scores, mask = score_candidates(vcfg, vparams, prompts, prompt_lengths, flat, content,
+                                    n=rcfg.n, max_steps=max_steps)
+    fed = content
   start = jnp.repeat(prompt_lengths, rcfg.n)
   per_row = lambda x: jnp.sum(x.reshape(r, length), axis=1)
   counters = dataclasses.replace(
-      chains.counters, verifier_tokens=per_row(content),
-      verifier_context=per_row(context_sum(start, content)))
+      chains.counters, verifier_tokens=per_row(fed),
+      verifier_context=per_row(context_sum(start, fed)))
   return _Revised(chains.tokens, chains.num_new, chains.ended, scores, mask, counters)
 
 
 run_revisions = jax.jit(_revise, static_argnames=("pcfg", "vcfg", "rcfg", "eos_id", "pad_id",
-                                                  "max_steps"))
+                                                  "max_steps", "in_context"))
 
 
 def revise(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,
            prompts: Sequence[Sequence[int]], rcfg: RevisionConfig, *, eos_id: int,
            pad_id: int = 0, seed: int = 0, prompt_streams: Sequence[int] | None = None,
-           prompt_width: int | None = None, max_steps: int = 48) -> SearchOutput:
+           prompt_width: int | None = None, max_steps: int = 48,
+           in_context: bool = False) -> SearchOutput:
   """P chains of L revisions for each prompt (BOS + task prompt ids), scored.
 
   pparams: the revision model (a policy fine-tuned by experiments/train_revision.py).
+  in_context: score each attempt after its previous attempts (a revision
+  verifier, experiments/train_revision_verifier.py), else after the question alone.
   Returns a SearchOutput over N = P * L candidates per prompt, column c * L + t
   = chain c's step t; `budget.generations` = N, policy tokens include every
   step's re-fed context.
@@ -91,7 +104,7 @@ def revise(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   out = jax.device_get(run_revisions(
       pcfg, vcfg, rcfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
       jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32), eos_id=eos_id,
-      pad_id=pad_id, max_steps=max_steps))
+      pad_id=pad_id, max_steps=max_steps, in_context=in_context))
   n = rcfg.n
   ended = np.asarray(out.ended).reshape(q, n)
   budget = make_budget(pcfg, vcfg, n, out.counters, lengths, rcfg.parallel,
