@@ -140,6 +140,23 @@ def _init_state_fn(cfg: ModelConfig, opt_cfg: OptimConfig, mesh) -> Callable:
   return jax.jit(init, out_shardings=out_shardings)
 
 
+@functools.lru_cache(maxsize=16)
+def _state_from_params_fn(cfg: ModelConfig, opt_cfg: OptimConfig, mesh) -> Callable:
+  """(key, params) -> a train state that starts from `params` (fine-tuning):
+  fresh optimizer state, step 0, the rng `_init_state_fn` would draw."""
+  optimizer = make_optimizer(opt_cfg)
+  p_shard = sharding_lib.param_shardings(cfg, mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def init(key, params):
+    _, rng = jax.random.split(key)
+    return {"params": params, "opt_state": optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+  out_shardings = {"params": p_shard, "opt_state": None, "step": replicated, "rng": replicated}
+  return jax.jit(init, in_shardings=(replicated, p_shard), out_shardings=out_shardings)
+
+
 _TRAIN_EXECUTABLES: dict = {}
 
 
@@ -202,12 +219,21 @@ def trim_metrics(path: str, last_step: int) -> None:
   os.replace(tmp, path)
 
 
-def _load_or_build_tokenizer(preset: Preset, out_dir: str, expected: dict | None, task):
+def _load_or_build_tokenizer(preset: Preset, out_dir: str, expected: dict | None, task,
+                             given=None):
   """The run's tokenizer: out_dir/tokenizer.model when it matches `expected`
   (the checkpoint's record), else rebuilt deterministically (or taken from
-  the record) and written atomically."""
+  the record) and written atomically. `given` (a fine-tuning run's
+  tokenizer) is used as is, after checking it against `expected`."""
   from ttc_jax.tokenizer import Tokenizer, build_task_tokenizer
   path = os.path.join(out_dir, ckpt_lib.TOKENIZER_FILE)
+  if given is not None:
+    if expected is not None and ckpt_lib.tokenizer_record(given)["sha256"] != expected["sha256"]:
+      raise ValueError(f"the checkpoint in {out_dir} was trained with a different tokenizer "
+                       "than the one given")
+    if jax.process_index() == 0:
+      given.save(out_dir)
+    return given
   tokenizer = None
   if expected is not None:
     if os.path.exists(path):
@@ -261,13 +287,27 @@ def _check_resume_compatible(meta: dict, preset: Preset, out_dir: str, warn: boo
 
 def train(preset: Preset, out_dir: str, *, mesh=None, resume: bool = True,
           stop_at_step: int | None = None, progress: bool = True,
-          measure_peak: bool = True, log: Callable[[str], None] | None = print) -> TrainResult:
+          measure_peak: bool = True, log: Callable[[str], None] | None = print,
+          rows: tuple[data_lib.Rows, data_lib.Rows] | None = None, initial_params=None,
+          tokenizer=None, eval_at_start: bool = False,
+          should_stop: Callable[[int, float | None], bool] | None = None) -> TrainResult:
   """Trains `preset`, checkpointing into out_dir; resumes from it when asked.
 
   mesh: a ("data", "model") mesh (default: all devices on "data"). Batch rows
   are split over "data"; params over "model" per `ttc_jax.sharding`.
   stop_at_step: stop (with a checkpoint) once this step is reached, as if the
   run had been interrupted there; the schedule still spans the full run.
+
+  Fine-tuning on ready-made data (all optional; the defaults train the preset
+  from scratch on its DataConfig):
+  rows: (train rows, eval rows) used instead of `build_rows(preset.data)`;
+    the preset's data config still gives buckets, sort window and the task.
+  initial_params: the params pytree a fresh run starts from (a resumed run
+    restores its checkpoint instead); the model config must match.
+  tokenizer: the tokenizer to use and save instead of building the preset's.
+  eval_at_start: a fresh run also logs the eval loss of its step-0 params.
+  should_stop(step, eval_loss): called after each periodic evaluation (and
+    its checkpoint); True ends the run there, with a checkpoint.
   """
   log = log or (lambda s: None)
   out_dir = os.path.abspath(out_dir)
@@ -284,13 +324,15 @@ def train(preset: Preset, out_dir: str, *, mesh=None, resume: bool = True,
   ckpt = ckpt_lib.Checkpointer(out_dir, max_to_keep=tc.keep_checkpoints)
   try:
     return _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress,
-                  measure_peak, log)
+                  measure_peak, log, rows, initial_params, tokenizer, eval_at_start,
+                  should_stop)
   finally:
     ckpt.close()
 
 
 def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, measure_peak,
-           log) -> TrainResult:
+           log, rows=None, initial_params=None, given_tokenizer=None, eval_at_start=False,
+           should_stop=None) -> TrainResult:
   tc = preset.train
   removed = ckpt.removed_tmp_dirs
   if removed:
@@ -310,7 +352,8 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
       break
     except Exception:  # pylint: disable=broad-except
       continue
-  tokenizer = _load_or_build_tokenizer(preset, out_dir, peek and peek.get("tokenizer"), task)
+  tokenizer = _load_or_build_tokenizer(preset, out_dir, peek and peek.get("tokenizer"), task,
+                                       given_tokenizer)
   cfg = preset.model_config_for(tokenizer.vocab_size)
   if peek is not None:
     if "model_config" in peek:
@@ -318,7 +361,12 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
     _check_resume_compatible(peek, preset, out_dir, warn=False)
 
   t0 = time.perf_counter()
-  train_rows, eval_rows = data_lib.build_rows(preset.data, tokenizer, task)
+  if rows is not None:
+    train_rows, eval_rows = rows
+    if len(train_rows) == 0:
+      raise ValueError("no training rows were given")
+  else:
+    train_rows, eval_rows = data_lib.build_rows(preset.data, tokenizer, task)
   plan = data_lib.BatchPlan(train_rows, tc.batch_size, tc.seed, preset.data.buckets,
                             preset.data.sort_window)
   total_steps = tc.resolve_steps(float(train_rows.lengths.mean()))
@@ -335,7 +383,11 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
                         weight_decay=tc.weight_decay, clip_norm=tc.clip_norm)
 
   # Fresh state (also the restore target: shapes, dtypes and shardings).
-  state = _init_state_fn(cfg, opt_cfg, mesh)(jax.random.PRNGKey(tc.seed))
+  if initial_params is None:
+    state = _init_state_fn(cfg, opt_cfg, mesh)(jax.random.PRNGKey(tc.seed))
+  else:
+    state = _state_from_params_fn(cfg, opt_cfg, mesh)(
+        jax.random.PRNGKey(tc.seed), sharding_lib.shard_params(initial_params, cfg, mesh))
 
   sidecar = {"model_config": cfg.to_dict(), "preset": preset.name,
              "tokenizer": ckpt_lib.tokenizer_record(tokenizer), "task": preset.data.task,
@@ -394,6 +446,9 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
                    "data_position": state["step"], "rng": state["rng"]}
     meta = dict(sidecar, data_position=step)
     ckpt.save(step, state["params"], train_state, meta)
+
+  if eval_at_start and start == 0 and start < end:
+    append_jsonl(metrics_path, {"kind": "eval", "step": 0, "eval_loss": evaluate(state["params"])})
 
   peak = perf.measure_matmul_peak_gflops() if measure_peak else 0.0
   # Fake XLA:CPU devices share the host's cores, and the measured one-device
@@ -462,6 +517,11 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
                           tok_s=f"{rec['tokens_per_s']:.0f}", mfu=f"{rec['mfu']:.1%}")
       if do_ckpt:
         save(step)
+      if do_eval and should_stop is not None and should_stop(step, eval_loss):
+        if not do_ckpt:
+          save(step)
+        log(f"stopped at step {step} (should_stop)")
+        break
       interval_t = time.perf_counter()
       interval_pos = interval_tok = 0
       interval_flops = 0.0
