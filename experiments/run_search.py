@@ -105,6 +105,8 @@ class Options:
   ratios: tuple[str, ...] = ("1:1",)  # method revisions: sequential:parallel (L:P), seq, par
   revision_model: str | None = None  # method revisions: the revision model's run directory
   revision_verifier: str | None = None  # method revisions: scores attempts in context (not --prm)
+  # method revisions: an attempt's limit; 4 previous attempts + 1 must fit max_seq_len
+  max_attempt_tokens: int = 96
   aggregations: tuple[str, ...] = ("last", "min", "prod")
   selections: tuple[str, ...] = ("majority", "best_of_n", "weighted")
   temperature: float = 1.0
@@ -128,6 +130,8 @@ class Options:
     # Only when given: out dirs made before the flag existed stay valid.
     extra = ({"revision_verifier": os.path.abspath(self.revision_verifier)}
              if self.revision_verifier else {})
+    if self.revision_model:
+      extra["max_attempt_tokens"] = self.max_attempt_tokens
     return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
@@ -156,7 +160,7 @@ class Config:
 
   def revision_config(self, opts: Options) -> RevisionConfig:
     return RevisionConfig(n=self.n, parallel=self.parallel,
-                          max_attempt_tokens=opts.max_solution_tokens,
+                          max_attempt_tokens=opts.max_attempt_tokens,
                           sampler=Temperature(self.temperature))
 
   def search_config(self, opts: Options) -> SearchConfig:
@@ -633,6 +637,8 @@ def _define_flags():
   flags.DEFINE_string("revision_verifier", None, "Method revisions: score attempts with this "
                       "revision verifier (experiments/train_revision_verifier.py --out_dir), "
                       "which reads each after its previous attempts, instead of --prm.")
+  flags.DEFINE_integer("max_attempt_tokens", 96, "Method revisions: tokens one attempt may "
+                       "take (the context holds 4 previous ones: all must fit max_seq_len).")
   flags.DEFINE_list("aggregation", ["last", "min", "prod"], "Step aggregations recorded.")
   flags.DEFINE_list("selection", ["majority", "best_of_n", "weighted"], "Selections recorded.")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
@@ -670,7 +676,7 @@ def options_from_flags(f) -> Options:
   return Options(
       policy=f.policy, out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
       ms=tuple(f.m), ks=ints(f.k), ratios=tuple(f.ratio), revision_model=f.revision_model,
-      revision_verifier=f.revision_verifier,
+      revision_verifier=f.revision_verifier, max_attempt_tokens=f.max_attempt_tokens,
       aggregations=tuple(f.aggregation),
       selections=tuple(f.selection), temperature=f.temperature, seeds=ints(f.seeds),
       dataset=f.dataset, split=f.split, num_questions=f.num_questions,

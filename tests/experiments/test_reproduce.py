@@ -184,7 +184,7 @@ def test_revisions_section(smoke_run):
     assert len(l["revision"]["pass_at_step"]) == l["config"]["length"]
   rev = results["revisions"]
   assert set(rev["ratios"]) == {"par", "1:1", "seq"}
-  assert list(rev["ratios"]) == ["par", "1:1", "seq"]  # most parallel first
+  assert rev["ratio_order"] == ["par", "1:1", "seq"]  # most parallel first
   acc = rev["ratios"]["seq"][rev["selection"]]
   seq4 = [l for l in lines if l["config"]["ratio"] == "seq" and l["config"]["n"] == 4]
   mean = np.mean([l["selected"][rev["selection"]]["correct"] for l in seq4])

@@ -167,7 +167,8 @@ def test_revisions_sweep(smoke_policy, tmp_path):
   the all-parallel ratio is best-of-N exactly; chains record their extras."""
   out = tmp_path / "revisions"
   opts = _opts(smoke_policy, out, methods=("best_of_n", "revisions"), ns=(1, 4),
-               ratios=("par", "1:1", "seq", "2:1"), revision_model=smoke_policy, num_questions=3)
+               ratios=("par", "1:1", "seq", "2:1"), revision_model=smoke_policy, num_questions=3,
+               max_attempt_tokens=24)
   configs, notes = run_search.expand_grid(opts)
   assert sum("ratio=2:1" in note for note in notes) == 2  # 2:1 splits neither 1 nor 4
   summary = run_search.run(opts, print_fn=lambda s: None, progress=False)

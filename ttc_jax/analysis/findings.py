@@ -370,14 +370,17 @@ def _best_ratio_by_difficulty(p: Prepared) -> Finding:
   j = cols[-1]
   budget = p.outcomes.budgets[j]
   here = [n for n in names if done[p.outcomes.strategy_index(n), j]]
-  share = {}
+  share, ties = {}, 0
   for b in (0, p.oracle.n_bins - 1):
     members = p.oracle.members(b)
     accuracy = [_acc(p, n)[j, members].mean() for n in here]
+    ties += max(accuracy) == min(accuracy)
     # ties: the more parallel ratio (the conservative side for this claim)
     best = max(range(len(here)), key=lambda i: (accuracy[i],
                                                 -sequential_share(_ratio_of(here[i]), budget)))
     share[b] = (here[best], sequential_share(_ratio_of(here[best]), budget))
+  if ties == 2:
+    return _not_measured(id, claim, paper, f"budget {budget}: every ratio ties in both bins")
   gap = share[0][1] - share[p.oracle.n_bins - 1][1]
   verdict = REPRODUCED if gap > 0 else PARTLY if gap == 0 else NOT_REPRODUCED
   return Finding(id, claim, paper, gap, None, verdict,

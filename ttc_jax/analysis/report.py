@@ -93,8 +93,9 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
                                  "(matched FLOPs)")
   revisions = results.get("revisions")
   if revisions:
-    curves = {f"revisions {r} ({revisions['selection']})": by[revisions["selection"]]
-              for r, by in revisions["ratios"].items() if revisions["selection"] in by}
+    sel = revisions["selection"]
+    curves = {f"revisions {r} ({sel})": revisions["ratios"][r][sel]
+              for r in revisions["ratio_order"] if sel in revisions["ratios"][r]}
     co = revisions["compute_optimal"]
     if co:
       curves["compute-optimal revisions (oracle bins)"] = _on_budgets(
@@ -231,7 +232,7 @@ def _revisions_section(results: dict) -> list[str]:
   if not rev:
     return ["## Revisions", "", "Not run in this reproduction (no revision lines).", ""]
   budgets, sel = rev["budgets"], rev["selection"]
-  rows = [[r] + by[sel] for r, by in rev["ratios"].items() if sel in by]
+  rows = [[r] + rev["ratios"][r][sel] for r in rev["ratio_order"] if sel in rev["ratios"][r]]
   out = ["## Revisions", "",
          "P parallel chains of L sequential revisions (N = L x P generations; ratio L:P, "
          "`seq` = one chain, `par` = N chains of one, i.e. best-of-N from the revision model). "

@@ -91,6 +91,7 @@ def revisions_section(p: Prepared, lines: list[dict], *, n_boot: int = 1000, see
   return {
       "budgets": list(p.outcomes.budgets),
       "selection": SELECTION,
+      "ratio_order": ratios,  # most parallel first (JSON objects do not keep an order)
       "ratios": {r: {sel: _accuracy(p, revisions_name(r, sel)) for sel in selections
                      if revisions_name(r, sel) in names} for r in ratios},
       "best_ratio_by_bin": best_ratio_by_bin(
