@@ -362,6 +362,9 @@ def run(policy: str, out_dir: str, *, dcfg: RevisionDataConfig, tcfg: RevisionTr
   from ttc_jax import sharding
   from ttc_jax.checkpoints import load_policy, load_run_task, read_sidecar
   from ttc_jax.train.loop import train
+  import jax
+  if jax.process_count() > 1:  # the stop rule reads metrics.jsonl, which process 0 writes
+    raise NotImplementedError("train_revision runs in one process (any number of devices)")
   out_dir = os.path.abspath(out_dir)
   run_dir = os.path.join(out_dir, TRAIN_SUBDIR)
   os.makedirs(out_dir, exist_ok=True)
