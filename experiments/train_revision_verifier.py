@@ -59,7 +59,7 @@ class DataConfig:
   parallel: int = 4
   length: int = 4
   window: int = 4
-  max_attempt_tokens: int = 112
+  max_attempt_tokens: int = 96  # as run_search: 4 previous attempts + one fit 512 positions
   temperature: float = 1.0
   row_len: int = 0  # 0: the longest row (rounded up to 16), so none is dropped
   seed: int = 0
@@ -260,7 +260,9 @@ def _define_flags(flag_values=None):
   flags.DEFINE_integer("parallel", d.parallel, "Chains per question (P).", **on)
   flags.DEFINE_integer("length", d.length, "Attempts per chain (L).", **on)
   flags.DEFINE_integer("window", d.window, "Previous attempts in the context (paper: 4).", **on)
-  flags.DEFINE_integer("max_attempt_tokens", d.max_attempt_tokens, "Tokens per attempt.", **on)
+  flags.DEFINE_integer("max_attempt_tokens", d.max_attempt_tokens, "Tokens per attempt (use "
+                       "run_search's --max_attempt_tokens: the verifier sees the same "
+                       "contexts).", **on)
   flags.DEFINE_float("temperature", d.temperature, "Chain sampling temperature.", **on)
   flags.DEFINE_integer("row_len", d.row_len, "Verifier row width (0: the longest row).", **on)
   flags.DEFINE_integer("batch_questions", 0, "Questions per chain call (0: ~256 chain rows).",

@@ -242,11 +242,11 @@ def sample_attempts(cfg, params: dict, tokenizer, task, problems: Sequence,
   its first question, all at one prompt width: one compile. progress: a tqdm
   bar advanced by questions.
   """
-  from ttc_jax.decode.generate import pad_prompts, round_up
+  from ttc_jax.decode.generate import pad_prompts
   from ttc_jax.evaluation import prompt_ids
   from ttc_jax.revision.chains import run_chains
   prompts = [prompt_ids(task, tokenizer, p) for p in problems]
-  width = round_up(max(len(p) for p in prompts), 8)
+  width = max(len(p) for p in prompts)  # exact: positions are tight at 4 long attempts
   need = width + rcfg.context_width + rcfg.max_attempt_tokens + 1
   if need > cfg.max_seq_len + 1:
     raise ValueError(f"prompts of {width} + {rcfg.window} attempts of {rcfg.slot} + an attempt "
