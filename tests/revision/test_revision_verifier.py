@@ -153,7 +153,7 @@ def test_rows_hold_the_chain_context_and_outcome_labels(task_and_tokenizer):
     row = a + [tok.eos_id] * e
     tokens[0, t, :len(row)] = row
     num_new[0, t] = len(row)
-  attempts = rv.chain_attempts(task, tok, problems, [1], tokens, num_new, parallel=1, window=2)
+  attempts = rv.graded_attempts(task, tok, problems, [1], tokens, num_new, parallel=1, window=2)
   prompt, eos = prompt_ids(task, tok, p), [tok.eos_id]
   assert [a.context for a in attempts] == [
       prompt, prompt + ids[0] + eos, prompt + ids[0] + eos + ids[1] + eos,

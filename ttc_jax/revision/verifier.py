@@ -172,7 +172,7 @@ class Attempt:
   correct: bool
 
 
-def chain_attempts(task, tokenizer, problems: Sequence, question_index: Sequence[int],
+def graded_attempts(task, tokenizer, problems: Sequence, question_index: Sequence[int],
                    tokens: np.ndarray, num_new: np.ndarray, *, parallel: int,
                    window: int = fmt.WINDOW) -> list[Attempt]:
   """Every attempt of chains [Qb * P, L, A] (num_new [Qb * P, L]) run on the
@@ -266,7 +266,7 @@ def sample_attempts(cfg, params: dict, tokenizer, task, problems: Sequence,
         jnp.asarray(seed, jnp.uint32), jnp.asarray(padded, jnp.uint32),
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
     rows = len(index) * rcfg.parallel
-    attempts += chain_attempts(task, tokenizer, problems, index, np.asarray(out.tokens)[:rows],
+    attempts += graded_attempts(task, tokenizer, problems, index, np.asarray(out.tokens)[:rows],
                                np.asarray(out.num_new)[:rows], parallel=rcfg.parallel,
                                window=rcfg.window)
     if progress is not None:
