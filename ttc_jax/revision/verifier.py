@@ -266,9 +266,9 @@ def sample_attempts(cfg, params: dict, tokenizer, task, problems: Sequence,
         jnp.asarray(seed, jnp.uint32), jnp.asarray(padded, jnp.uint32),
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
     rows = len(index) * rcfg.parallel
-    attempts += graded_attempts(task, tokenizer, problems, index, np.asarray(out.tokens)[:rows],
-                               np.asarray(out.num_new)[:rows], parallel=rcfg.parallel,
-                               window=rcfg.window)
+    attempts += graded_attempts(task, tokenizer, problems, index,
+                                np.asarray(out.tokens)[:rows], np.asarray(out.num_new)[:rows],
+                                parallel=rcfg.parallel, window=rcfg.window)
     if progress is not None:
       progress.update(len(index))
   return attempts
