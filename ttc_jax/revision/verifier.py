@@ -173,8 +173,8 @@ class Attempt:
 
 
 def graded_attempts(task, tokenizer, problems: Sequence, question_index: Sequence[int],
-                   tokens: np.ndarray, num_new: np.ndarray, *, parallel: int,
-                   window: int = fmt.WINDOW) -> list[Attempt]:
+                    tokens: np.ndarray, num_new: np.ndarray, *, parallel: int,
+                    window: int = fmt.WINDOW) -> list[Attempt]:
   """Every attempt of chains [Qb * P, L, A] (num_new [Qb * P, L]) run on the
   questions `question_index` [Qb], graded; contexts rebuilt on the host with
   `format.context_ids` (the chains' own packing, `pack_window`, is tested equal)."""
