@@ -59,7 +59,7 @@ class DataConfig:
   parallel: int = 4
   length: int = 4
   window: int = 4
-  max_attempt_tokens: int = 96  # as run_search: 4 previous attempts + one fit 512 positions
+  max_attempt_tokens: int = 88  # as run_search: 4 previous attempts + one fit 512 positions
   temperature: float = 1.0
   row_len: int = 0  # 0: the longest row (rounded up to 16), so none is dropped
   seed: int = 0
