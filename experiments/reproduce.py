@@ -70,7 +70,7 @@ class RevisionSpec:
   num_questions: int = 1000
   samples: int = 64
   temperature: float = 1.2
-  lr: float = 3e-4
+  lr: float = 1e-3
   epochs: float = 3.0
   batch_size: int = 128
   eval_every: int = 50
@@ -119,14 +119,16 @@ PRESETS = {
         prm=PrmSpec(num_questions=1000, samples=2, contrastive_copies=3, lr=3e-4, max_epochs=1.0,
                     eval_every=50),
         questions=150, difficulty_samples=64, budgets=(1, 2, 4, 8, 16), methods=_METHODS,
-        ms=("4", "sqrt"), ks=(1, 3), seeds=(0, 1), probe=4, bins=5, n_boot=1000),
+        ms=("4", "sqrt"), ks=(1, 3), seeds=(0, 1), probe=4, bins=5, n_boot=1000,
+        revisions=RevisionSpec(ratios=("par", "1:1", "seq"), num_questions=1000, samples=16,
+                               eval_every=10)),
     "paper": Preset(
         name="paper", small="small", large="large", verifier_backbone="small_verifier",
         prm=PrmSpec(num_questions=6000, samples=2, contrastive_copies=3, lr=3e-4, max_epochs=1.0,
                     eval_every=50),
         questions=500, difficulty_samples=2048, budgets=tuple(2 ** i for i in range(9)),
         methods=_METHODS, ms=("4", "sqrt"), ks=(1, 3), seeds=(0, 1, 2), probe=4, bins=5,
-        n_boot=1000),
+        n_boot=1000, revisions=RevisionSpec(ratios=("par", "1:4", "1:1", "4:1", "seq"))),
 }
 
 

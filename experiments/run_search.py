@@ -106,7 +106,7 @@ class Options:
   revision_model: str | None = None  # method revisions: the revision model's run directory
   revision_verifier: str | None = None  # method revisions: scores attempts in context (not --prm)
   # method revisions: an attempt's limit; 4 previous attempts + 1 must fit max_seq_len
-  max_attempt_tokens: int = 96
+  max_attempt_tokens: int = 88
   aggregations: tuple[str, ...] = ("last", "min", "prod")
   selections: tuple[str, ...] = ("majority", "best_of_n", "weighted")
   temperature: float = 1.0
@@ -637,7 +637,7 @@ def _define_flags():
   flags.DEFINE_string("revision_verifier", None, "Method revisions: score attempts with this "
                       "revision verifier (experiments/train_revision_verifier.py --out_dir), "
                       "which reads each after its previous attempts, instead of --prm.")
-  flags.DEFINE_integer("max_attempt_tokens", 96, "Method revisions: tokens one attempt may "
+  flags.DEFINE_integer("max_attempt_tokens", 88, "Method revisions: tokens one attempt may "
                        "take (the context holds 4 previous ones: all must fit max_seq_len).")
   flags.DEFINE_list("aggregation", ["last", "min", "prod"], "Step aggregations recorded.")
   flags.DEFINE_list("selection", ["majority", "best_of_n", "weighted"], "Selections recorded.")
