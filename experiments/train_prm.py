@@ -104,15 +104,10 @@ def load_or_make_dataset(dcfg: PrmDataConfig, policy_dir: str, cfg, params, toke
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
   key = dict(dcfg.to_dict(), **_policy_key(policy_dir, params))
-  if os.path.exists(report_path) and os.path.exists(data_path):
-    with open(report_path) as f:
-      cached = json.load(f)
-    # Fields added since a cache was written take their defaults.
-    defaults = PrmDataConfig().to_dict()
-    diff = ckpt_lib.config_diff({**defaults, **cached.get("key", {})}, key)
-    if diff:
-      raise ValueError(f"{out_dir} holds a PRM dataset built with other settings (fields "
-                       f"{diff}); use a new out_dir or the same settings")
+  # Fields added since a cache was written take their defaults.
+  cached = ckpt_lib.cached_report(data_path, report_path, key, "a PRM dataset",
+                                  defaults=PrmDataConfig().to_dict())
+  if cached is not None:
     log(f"reusing the cached dataset {data_path}")
     return load_rows(data_path), cached["report"], True
   problems = task.train_problems(dcfg.problem_seed, dcfg.num_questions)

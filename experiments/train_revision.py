@@ -248,13 +248,8 @@ def load_or_make_dataset(dcfg: RevisionDataConfig, policy_dir: str, cfg, params,
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
   key = dict(dcfg.to_dict(), **_policy_key(policy_dir, params))
-  if os.path.exists(report_path) and os.path.exists(data_path):
-    with open(report_path) as f:
-      cached = json.load(f)
-    diff = ckpt_lib.config_diff(cached.get("key", {}), key)
-    if diff:
-      raise ValueError(f"{out_dir} holds revision data built with other settings (fields "
-                       f"{diff}); use a new out_dir or the same settings")
+  cached = ckpt_lib.cached_report(data_path, report_path, key, "revision data")
+  if cached is not None:
     log(f"reusing the cached revision data {data_path}")
     train, held = load_rows(data_path)
     return train, held, cached["stats"], True

@@ -92,13 +92,8 @@ def load_or_make_dataset(dcfg: DataConfig, model_dir: str, cfg, params, tokenize
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
   key = dict(dcfg.to_dict(), **_model_key(model_dir, params))
-  if os.path.exists(report_path) and os.path.exists(data_path):
-    with open(report_path) as f:
-      cached = json.load(f)
-    diff = ckpt_lib.config_diff(cached.get("key", {}), key)
-    if diff:
-      raise ValueError(f"{out_dir} holds revision-verifier data built with other settings "
-                       f"(fields {diff}); use a new out_dir or the same settings")
+  cached = ckpt_lib.cached_report(data_path, report_path, key, "revision-verifier data")
+  if cached is not None:
     log(f"reusing the cached attempts {data_path}")
     return load_rows(data_path), cached["report"], True
   problems = task.train_problems(dcfg.problem_seed, dcfg.num_questions)

@@ -105,6 +105,25 @@ def config_diff(saved: dict, current: dict) -> list[str]:
   return sorted(k for k in keys if norm(saved.get(k, "<absent>")) != norm(current.get(k, "<absent>")))
 
 
+def cached_report(data_path: str, report_path: str, key: dict, what: str,
+                  defaults: dict | None = None) -> dict | None:
+  """A dataset cache's report (JSON with "key"), when both files exist and the key
+  matches; None when the cache is incomplete (the report is written last).
+
+  Fields absent from an older cache's key take `defaults`. A different key is
+  a ValueError naming the fields (`what` names the dataset in the message).
+  """
+  if not (os.path.exists(report_path) and os.path.exists(data_path)):
+    return None
+  with open(report_path) as f:
+    cached = json.load(f)
+  diff = config_diff({**(defaults or {}), **cached.get("key", {})}, key)
+  if diff:
+    raise ValueError(f"{os.path.dirname(report_path)} holds {what} built with other settings "
+                     f"(fields {diff}); use a new out_dir or the same settings")
+  return cached
+
+
 def check_model_config(saved: dict | ModelConfig, current: ModelConfig, where: str = "") -> None:
   """Raises ValueError naming every differing field."""
   saved_d = saved.to_dict() if isinstance(saved, ModelConfig) else dict(saved)

@@ -210,6 +210,9 @@ def test_bad_presets_get_clear_errors():
     reproduce.validate(dataclasses.replace(smoke, questions=9))
   with pytest.raises(ValueError, match="difficulty samples' own"):
     reproduce.validate(dataclasses.replace(smoke, seeds=(0, reproduce.DIFFICULTY_SEED)))
+  revisions = dataclasses.replace(smoke.revisions, budgets=(1, 3))
+  with pytest.raises(ValueError, match="revision budgets"):
+    reproduce.validate(dataclasses.replace(smoke, revisions=revisions))
   with pytest.raises(ValueError, match="unknown preset"):
     reproduce.get_preset("huge")
   for name in reproduce.PRESETS:
