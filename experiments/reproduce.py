@@ -388,7 +388,8 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
   return {
       "preset": preset.to_dict(), "out_dir": os.path.abspath(out), "stage_wall_s": walls,
       "models": {"small": stage_summaries["small"], "large": stage_summaries["large"],
-                 "size_ratio": ratio, "verifier": stage_summaries["prm"]},
+                 "size_ratio": ratio, "verifier": stage_summaries["prm"],
+                 "revision": stage_summaries.get("revision_model")},
       "quality": model_quality(difficulty, S, p.oracle, questions, large_correct),
       "analysis": analysis,
       "findings": [f.to_dict() for f in findings],

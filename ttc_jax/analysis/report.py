@@ -237,15 +237,17 @@ def _revisions_section(results: dict) -> list[str]:
          "P parallel chains of L sequential revisions (N = L x P generations; ratio L:P, "
          "`seq` = one chain, `par` = N chains of one, i.e. best-of-N from the revision model). "
          f"Selection: {sel}, hierarchical (within each chain, then across chain winners). "
-         "The PRM scores each attempt after the question alone.", "",
-         _table(["ratio L:P"] + [f"N={b}" for b in budgets], rows), "",
-         "![Revisions](revisions_vs_budget.png)", ""]
+         "The PRM scores each attempt after the question alone.", ""]
+  out += _revision_model_lines(results.get("models", {}).get("revision"))
+  out += [_table(["ratio L:P"] + [f"N={b}" for b in budgets], rows), "",
+          "![Revisions](revisions_vs_budget.png)", ""]
   co = rev["compute_optimal"]
   if co:
     eff = co["oracle"]["efficiency"][-1]
+    reached = (f"is reached at {eff['matched_budget']} generations"
+               if eff["matched_budget"] is not None else "is never reached within the budgets")
     out += [f"Compute-optimal revisions (oracle bins, 2-fold) vs {co['baseline']}: at N="
-            f"{eff['budget']} the baseline's {eff['baseline_accuracy']:.3f} is reached at "
-            f"{_fmt(eff['matched_budget'])} generations.", ""]
+            f"{eff['budget']} the baseline's {eff['baseline_accuracy']:.3f} {reached}.", ""]
   by_bin = rev["best_ratio_by_bin"]
   out += ["Best ratio per oracle bin (1 = easiest) and budget:", "",
           _table(["bin"] + [f"N={b}" for b in budgets],
@@ -260,3 +262,16 @@ def _revisions_section(results: dict) -> list[str]:
             f"{chains['revised_to_incorrect']} of {chains['correct_with_next']} "
             f"({_fmt(chains['revised_to_incorrect_share'])}; the paper saw about 38%).", ""]
   return out
+
+
+def _revision_model_lines(model: dict | None) -> list[str]:
+  """How the revision model was made: fine-tuned (its held-out loss against the
+  policy's, the chosen step) or the policy itself."""
+  if not model:
+    return []
+  if not model.get("fine_tuned"):
+    return ["Revision model: the policy itself (this preset does not fine-tune one).", ""]
+  return [f"Revision model: the small policy fine-tuned on {model['train_rows']} revision "
+          f"examples; held-out loss on revision targets {model['chosen_eval_loss']:.3f} at the "
+          f"chosen step {model['chosen_step']} of {model['steps_trained']} (the policy's "
+          f"{model['base_eval_loss']:.3f}); rule: {model['rule']}.", ""]
