@@ -38,7 +38,7 @@ import numpy as np
 
 from ttc_jax.revision import format as fmt
 from ttc_jax.tasks import Problem, Task
-from ttc_jax.train.data import Rows
+from ttc_jax.train.data import Rows, pack_rows
 
 MAX_ATTEMPTS = fmt.WINDOW  # k ~ U{0..4}: the context never holds more than the window
 
@@ -213,23 +213,11 @@ def tokenize_examples(task: Task, tokenizer, problems: Sequence[Problem],
   """Rows (`ttc_jax.train.data.Rows`) of `examples`, in order; rows longer than
   row_len are dropped and counted in n_dropped."""
   from ttc_jax.evaluation import prompt_ids
-  tokens = np.full((len(examples), row_len), tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(examples), row_len), bool)
-  lengths = np.zeros((len(examples),), np.int32)
-  prompts: dict[int, list[int]] = {}
-  n = 0
-  for ex in examples:
-    if ex.question not in prompts:
-      prompts[ex.question] = prompt_ids(task, tokenizer, problems[ex.question])
-    ids, target = fmt.example_ids(prompts[ex.question], [tokenizer.encode(a) for a in ex.attempts],
-                                  tokenizer.encode(ex.target), tokenizer.eos_id, window)
-    if len(ids) > row_len:
-      continue
-    tokens[n, :len(ids)] = ids
-    mask[n, :len(ids)] = target
-    lengths[n] = len(ids)
-    n += 1
-  return Rows(tokens[:n], mask[:n], lengths[:n], n_dropped=len(examples) - n)
+  prompts = {q: prompt_ids(task, tokenizer, problems[q]) for q in {ex.question for ex in examples}}
+  return pack_rows([fmt.example_ids(prompts[ex.question],
+                                    [tokenizer.encode(a) for a in ex.attempts],
+                                    tokenizer.encode(ex.target), tokenizer.eos_id, window)
+                    for ex in examples], row_len, tokenizer.pad_id)
 
 
 __all__ = ["MAX_ATTEMPTS", "RevisionExample", "char_edit_distance", "examples_from_samples",

@@ -34,7 +34,8 @@ from ttc_jax.revision.chains import ChainResult, RevisionConfig, closed_attempt,
 from ttc_jax.search.engine import (SCORE_GROUP_ROWS, content_length, score_blocks,
                                    score_widths)
 from ttc_jax.verifier import model as vmodel
-from ttc_jax.verifier.data import SOURCE_SAMPLE, VerifierRows, exact_step_labels
+from ttc_jax.verifier.data import (SOURCE_SAMPLE, VerifierRows, empty_row_arrays,
+                                   exact_step_labels)
 from ttc_jax.verifier.model import VerifierConfig, VerifierState
 
 
@@ -209,14 +210,7 @@ def attempt_rows(task, tokenizer, problems: Sequence, attempts: Sequence[Attempt
   """
   kept = [a for a in attempts if len(a.context) + len(a.ids) <= row_len]
   r = len(kept)
-  rows = dict(
-      tokens=np.full((r, row_len), tokenizer.pad_id, np.int32),
-      lengths=np.zeros((r,), np.int32), prompt_lengths=np.zeros((r,), np.int32),
-      step_targets=np.zeros((r, row_len), np.float32), step_mask=np.zeros((r, row_len), bool),
-      step_exact=np.zeros((r, row_len), np.float32),
-      token_targets=np.zeros((r, row_len), np.float32), token_mask=np.zeros((r, row_len), bool),
-      final_correct=np.zeros((r,), bool), question_index=np.zeros((r,), np.int32),
-      source=np.full((r,), SOURCE_SAMPLE))
+  rows = empty_row_arrays(r, row_len, tokenizer.pad_id, SOURCE_SAMPLE)
   for i, a in enumerate(kept):
     ids = a.context + a.ids
     rows["tokens"][i, :len(ids)] = ids

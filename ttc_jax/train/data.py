@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -101,21 +101,26 @@ def encode_example(tokenizer, prompt: str, solution: str) -> tuple[list[int], li
   return p + s, [False] * len(p) + [True] * len(s)
 
 
-def tokenize_problems(task: Task, tokenizer, problems: list[Problem], row_len: int) -> Rows:
-  """Rows for `problems`, in order; rows longer than row_len are dropped."""
-  tokens = np.full((len(problems), row_len), tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(problems), row_len), bool)
-  lengths = np.zeros((len(problems),), np.int32)
+def pack_rows(examples: Sequence[tuple[list[int], list[bool]]], row_len: int, pad_id: int) -> Rows:
+  """(ids, target mask) examples, in order, as padded rows; longer than row_len: dropped."""
+  tokens = np.full((len(examples), row_len), pad_id, np.int32)
+  mask = np.zeros((len(examples), row_len), bool)
+  lengths = np.zeros((len(examples),), np.int32)
   n = 0
-  for problem in problems:
-    ids, target = encode_example(tokenizer, task.prompt(problem), problem.solution)
+  for ids, target in examples:
     if len(ids) > row_len:
       continue
     tokens[n, :len(ids)] = ids
     mask[n, :len(ids)] = target
     lengths[n] = len(ids)
     n += 1
-  return Rows(tokens[:n], mask[:n], lengths[:n], n_dropped=len(problems) - n)
+  return Rows(tokens[:n], mask[:n], lengths[:n], n_dropped=len(examples) - n)
+
+
+def tokenize_problems(task: Task, tokenizer, problems: list[Problem], row_len: int) -> Rows:
+  """Rows for `problems`, in order; rows longer than row_len are dropped."""
+  return pack_rows([encode_example(tokenizer, task.prompt(p), p.solution) for p in problems],
+                   row_len, tokenizer.pad_id)
 
 
 def build_rows(data: DataConfig, tokenizer, task: Task | None = None) -> tuple[Rows, Rows]:

@@ -104,6 +104,19 @@ class VerifierRows:
     return VerifierRows(**arrays, n_dropped=0)
 
 
+def empty_row_arrays(rows: int, row_len: int, pad_id: int, source: str) -> dict:
+  """`VerifierRows`' arrays for `rows` rows, all pad / zero / unmasked, to fill in place."""
+  width = (rows, row_len)
+  return dict(
+      tokens=np.full(width, pad_id, np.int32),
+      lengths=np.zeros((rows,), np.int32), prompt_lengths=np.zeros((rows,), np.int32),
+      step_targets=np.zeros(width, np.float32), step_mask=np.zeros(width, bool),
+      step_exact=np.zeros(width, np.float32),
+      token_targets=np.zeros(width, np.float32), token_mask=np.zeros(width, bool),
+      final_correct=np.zeros((rows,), bool), question_index=np.zeros((rows,), np.int32),
+      source=np.full((rows,), source, dtype=f"<U{max(1, len(source))}"))
+
+
 def _array_fields() -> list[str]:
   return [f.name for f in dataclasses.fields(VerifierRows) if f.name != "n_dropped"]
 
@@ -239,14 +252,7 @@ def build_rows(task: Task, tokenizer, problems: Sequence[Problem],
       built.append((q, problem, text, enc, step_labels))
 
   r = len(built)
-  rows = dict(
-      tokens=np.full((r, row_len), tokenizer.pad_id, np.int32),
-      lengths=np.zeros((r,), np.int32), prompt_lengths=np.zeros((r,), np.int32),
-      step_targets=np.zeros((r, row_len), np.float32), step_mask=np.zeros((r, row_len), bool),
-      step_exact=np.zeros((r, row_len), np.float32),
-      token_targets=np.zeros((r, row_len), np.float32), token_mask=np.zeros((r, row_len), bool),
-      final_correct=np.zeros((r,), bool), question_index=np.zeros((r,), np.int32),
-      source=np.full((r,), source, dtype=f"<U{max(1, len(source))}"))
+  rows = empty_row_arrays(r, row_len, tokenizer.pad_id, source)
   for i, (q, problem, text, enc, step_labels) in enumerate(built):
     n = len(enc.ids)
     rows["tokens"][i, :n] = enc.ids
