@@ -141,8 +141,8 @@ def _feed_context(cfg: ModelConfig, params: dict, cache, prompt_lengths: jax.Arr
 
 
 def chain_attempts(cfg: ModelConfig, rcfg: RevisionConfig, params: dict, prompts: jax.Array,
-            prompt_lengths: jax.Array, seed: jax.Array, prompt_streams: jax.Array, *,
-            eos_id: int, pad_id: int) -> ChainResult:
+                   prompt_lengths: jax.Array, seed: jax.Array, prompt_streams: jax.Array, *,
+                   eos_id: int, pad_id: int) -> ChainResult:
   q, width = prompts.shape
   p, a, w = rcfg.parallel, rcfg.max_attempt_tokens, rcfg.window
   r = q * p
