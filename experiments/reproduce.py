@@ -122,8 +122,10 @@ PRESETS = {
                     eval_every=50),
         questions=150, difficulty_samples=64, budgets=(1, 2, 4, 8, 16), methods=_METHODS,
         # k = 3 and revisions at square budgets with one seed keep the demo within 40
-        # minutes on 2 cores (BUILD_NOTES.md); the paper preset runs them all
+        # minutes on 2 cores (BUILD_NOTES.md); the paper preset runs them all. Its
+        # sweep calls run ~2 s and compile ~25 s each: few_compiles (same lines).
         ms=("4", "sqrt"), ks=(1,), seeds=(0, 1), probe=4, bins=5, n_boot=1000,
+        few_compiles=True,
         revisions=RevisionSpec(ratios=("par", "1:1", "seq"), num_questions=1000, samples=16,
                                eval_every=20, budgets=(1, 4, 16), seeds=(0,))),
     "paper": Preset(

@@ -277,6 +277,23 @@ def expand_grid(opts: Options) -> tuple[list[Config], list[str]]:
   return configs, notes
 
 
+def computation(config: Config) -> tuple:
+  """What a config computes: configs with equal keys give the same lines but for
+  their labels, so a sweep runs each computation once. DVTS with one subtree
+  (m = n) is beam search keeping one beam of n; revision chains depend on
+  (n, P), not on how the ratio is spelled (at n = 1 every ratio is one attempt)."""
+  if config.method == "dvts" and config.m == config.n:
+    return dataclasses.astuple(dataclasses.replace(config, method="beam"))
+  if config.method == REVISIONS:
+    return (REVISIONS, config.n, config.parallel, config.temperature)
+  return dataclasses.astuple(config)
+
+
+def copied_line(line: dict, config: Config, seed: int, source: Config) -> dict:
+  """`line` relabelled as `config`'s (same computation, see `computation`)."""
+  return {**line, "config": config.to_dict(seed), "same_as": source.label()}
+
+
 def selection_keys(selections: Sequence[str], aggregations: Sequence[str]) -> list[str]:
   """"majority" (score-free) and "<selection>:<aggregation>" for the score-based rules."""
   keys = []
@@ -569,12 +586,16 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
 
   path = os.path.join(opts.out_dir, RESULTS_FILE)
   done = load_results(path, print_fn)
+  computed_by = {}  # computation -> the first config that runs it
+  for c in configs:
+    computed_by.setdefault(computation(c), c)
   work = [(c, s, [(i, p) for i, p in questions if line_key(p.uid, c.to_dict(s)) not in done])
-          for c in configs for s in opts.seeds]
+          for c in configs for s in opts.seeds if computed_by[computation(c)] is c]
   total = sum(len(pending) for _, _, pending in work)
-  planned = len(configs) * len(opts.seeds) * len(questions)
-  print_fn(f"{len(configs)} config(s) x {len(opts.seeds)} seed(s) x {len(questions)} "
-           f"question(s): {total} line(s) to run, {planned - total} already in {path}")
+  planned = len(computed_by) * len(opts.seeds) * len(questions)
+  print_fn(f"{len(configs)} config(s) ({len(computed_by)} distinct computations) x "
+           f"{len(opts.seeds)} seed(s) x {len(questions)} question(s): {total} line(s) to "
+           f"run, {planned - total} already in {path}")
   start = time.perf_counter()
   with tqdm.tqdm(total=total, desc="search", unit="line", disable=not progress,
                  file=sys.stderr) as bar:
@@ -610,6 +631,15 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
         append_lines(path, lines)
         done.update((line_key(l["uid"], l["config"]), l) for l in lines)
         bar.update(len(chunk))
+  copies = [copied_line(done[line_key(p.uid, source.to_dict(s))], c, s, source)
+            for c in configs if (source := computed_by[computation(c)]) is not c
+            for s in opts.seeds for _, p in questions
+            if line_key(p.uid, c.to_dict(s)) not in done]
+  if copies:
+    append_lines(path, copies)
+    done.update((line_key(l["uid"], l["config"]), l) for l in copies)
+    print_fn(f"{len(copies)} line(s) copied from the same computation under another label "
+             "(their `same_as` names it)")
   wanted = [done[line_key(p.uid, c.to_dict(s))] for c in configs for s in opts.seeds
             for _, p in questions]
   keys = selection_keys(opts.selections, opts.aggregations)

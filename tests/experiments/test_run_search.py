@@ -130,6 +130,10 @@ def test_grid_validation(tmp_path):
     run_search.expand_grid(opts(methods=("dvts",), ns=(2,), ms=("4",)))
   with pytest.raises(ValueError, match="unknown aggregation"):
     run_search.expand_grid(opts(aggregations=("mean",)))
+  # DVTS with one subtree (m = n) is beam search: one computation, two labels.
+  configs, _ = run_search.expand_grid(opts(methods=("beam", "dvts"), ns=(4,), ms=("4", "2")))
+  keys = [run_search.computation(c) for c in configs]
+  assert len(configs) == 4 and keys[0] == keys[2] and len(set(keys)) == 3
   # k only applies to lookahead; best-of-N ignores m.
   configs, _ = run_search.expand_grid(opts(methods=("best_of_n", "beam", "lookahead"), ns=(4,),
                                            ms=("2",), ks=(1, 3)))
@@ -191,6 +195,14 @@ def test_revisions_sweep(smoke_policy, tmp_path):
     assert seq["budget"]["policy_tokens"] > sum(seq["num_tokens"])
     square = by_key[("revisions", 4, "1:1", q)]
     assert (square["config"]["parallel"], square["config"]["length"]) == (2, 2)
+    # at n = 1 every ratio is one attempt: computed once (par), copied under the other labels
+    one = by_key[("revisions", 1, "par", q)]
+    assert "same_as" not in one and "same_as" not in square
+    for spec in ("1:1", "seq"):
+      copy = by_key[("revisions", 1, spec, q)]
+      assert copy["same_as"] == "revisions n=1 par (P=1)" and copy["config"]["ratio"] == spec
+      assert {k: v for k, v in copy.items() if k not in ("config", "same_as")} == {
+          k: v for k, v in one.items() if k != "config"}
   ratios = {r["ratio"] for r in summary["rows"] if r["method"] == "revisions"}
   assert ratios == {"par", "1:1", "seq"}
   # every analysis reads revisions as one more strategy family

@@ -71,6 +71,15 @@ def test_exactly_n_candidates_within_budget(models, method):
   assert (out.budget.policy_tokens >= out.lengths.max(axis=1)).all()
 
 
+def test_dvts_with_one_subtree_is_beam_search(models):
+  # run_search computes DVTS at m = n once, as beam search (run_search.computation).
+  beam = _search(models, method="beam", n=4, m=4)
+  dvts = _search(models, method="dvts", n=4, m=4)
+  np.testing.assert_array_equal(beam.tokens, dvts.tokens)
+  np.testing.assert_array_equal(beam.step_scores, dvts.step_scores)
+  np.testing.assert_array_equal(beam.budget.policy_tokens, dvts.budget.policy_tokens)
+
+
 def test_lookahead_k0_is_beam_search(models):
   beam = _search(models, method="beam", n=4, m=2)
   look = _search(models, method="lookahead", n=4, m=2, k=0)
