@@ -1,7 +1,11 @@
-"""Evaluates a trained policy on the built-in task's test set.
+"""Evaluates a policy on a task's test set: the built-in task of a training run,
+or MATH-500 / GSM8K (`--dataset`, few-shot prompts) for any policy, e.g. a
+Hugging Face folder (`--policy_hf`).
 
   python -m experiments.evaluate_policy --checkpoint=runs/small --num_questions=500 \
       --samples=32 --json_out=runs/small/eval.json
+  python -m experiments.evaluate_policy --policy_hf=/path/to/llama --dataset=math500 \
+      --data_path=/path/to/math500/test.jsonl --max_new_tokens=1024 --json_out=eval.json
 
 Greedy accuracy, sampled pass@1 (S samples per question), coverage@N, the
 histogram of per-question pass rates, all broken down by the task's difficulty
@@ -19,12 +23,18 @@ import numpy as np
 import tqdm
 
 from ttc_jax import distributed, sharding
-from ttc_jax.checkpoints import load_policy, load_run_task, write_json_atomic
+from ttc_jax.checkpoints import load_hf_policy, load_policy, write_json_atomic
 from ttc_jax.decode import Greedy, Temperature
 from ttc_jax.evaluation import coverage, pass_rate_histogram, sample_solutions
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Training run directory (train_policy --out_dir).")
+flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 folder (with its "
+                    "tokenizer); needs --dataset.")
+flags.DEFINE_string("dataset", "arithmetic", "'arithmetic' (the run's built-in task), "
+                    "'math500' or 'gsm8k'.")
+flags.DEFINE_string("data_path", None, "The dataset's JSONL (default: ../shared/data/...).")
+flags.DEFINE_integer("num_shots", 4, "Few-shot examples per prompt (math500, gsm8k).")
 flags.DEFINE_integer("num_questions", 500, "K questions, evenly strided over the test set.")
 flags.DEFINE_integer("samples", 16, "Samples per question for pass@1 / coverage.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
@@ -36,7 +46,7 @@ flags.DEFINE_integer("mesh_data", None, "Data-parallel devices (default: all). O
                      "backend, --local_device_count=2 makes two XLA:CPU devices, which decode "
                      "~1.6x faster on 2 cores than one (BUILD_NOTES.md).")
 flags.DEFINE_integer("mesh_model", 1, "Model-parallel devices.")
-flags.mark_flag_as_required("checkpoint")
+flags.mark_flags_as_mutual_exclusive(["checkpoint", "policy_hf"], required=True)
 distributed.define_flags()
 
 
@@ -54,11 +64,17 @@ def _breakdown(problems, greedy_correct, sample_correct, keys) -> dict:
 
 
 def evaluate(checkpoint: str, num_questions: int, samples: int, temperature: float,
-             max_new_tokens: int, batch_size: int, seed: int, mesh=None) -> dict:
-  cfg, params, tokenizer = load_policy(checkpoint)
+             max_new_tokens: int, batch_size: int, seed: int, mesh=None, hf: bool = False,
+             dataset: str = "arithmetic", **task_options) -> dict:
+  """task_options: data_path, num_shots (datasets other than the built-in task)."""
+  from experiments.run_search import load_task
+  if hf and dataset == "arithmetic":
+    raise ValueError("--policy_hf needs --dataset (math500, gsm8k): the built-in task is read "
+                     "from a training run directory")
+  task = load_task(dataset, checkpoint, **task_options)  # bad data fails before loading
+  cfg, params, tokenizer = load_hf_policy(checkpoint) if hf else load_policy(checkpoint)
   if mesh is not None:
     params = sharding.shard_params(params, cfg, mesh)
-  task = load_run_task(checkpoint)
   if num_questions < 1:
     raise ValueError(f"num_questions must be >= 1, got {num_questions}")
   test_set = task.test_problems()
@@ -113,9 +129,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   distributed.initialize_from_flags()
   mesh = sharding.make_mesh(data=FLAGS.mesh_data, model=FLAGS.mesh_model)
-  result = evaluate(FLAGS.checkpoint, FLAGS.num_questions, FLAGS.samples, FLAGS.temperature,
-                    FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed, mesh=mesh)
-  out = FLAGS.json_out or os.path.join(FLAGS.checkpoint, "eval.json")
+  options = ({} if FLAGS.dataset == "arithmetic" else
+             dict(data_path=FLAGS.data_path, num_shots=FLAGS.num_shots))
+  policy = FLAGS.checkpoint or FLAGS.policy_hf
+  result = evaluate(policy, FLAGS.num_questions, FLAGS.samples, FLAGS.temperature,
+                    FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed, mesh=mesh,
+                    hf=bool(FLAGS.policy_hf), dataset=FLAGS.dataset, **options)
+  out = FLAGS.json_out or os.path.join(policy, "eval.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json_atomic(out, result)
   print(format_table(result))

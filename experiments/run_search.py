@@ -28,9 +28,16 @@ or "policy_logprob": an untrained token-level head on the policy's own weights
 (prefix score = prod_t sigmoid(log p(token_t) + 3)), a baseline that needs no
 training.
 
+Real models (README "Bring your own model"): --policy_hf=DIR reads a Hugging
+Face Llama / Qwen2 folder with its tokenizer; --prm_hf=DIR a PRM folder that
+shares it (--prm_format good_token: P(--prm_good_token) vs --prm_bad_token at
+--prm_step_tag; class_softmax: a classification head's positive class there).
+The policy's steps end at its newline; the PRM sees its tag in the newline's
+place (`VerifierConfig.delimiter_id`).
+
 Questions: the --split of --dataset ("arithmetic" = the policy run's built-in
-task; any other name is looked up in the task registry, so MATH / GSM8K readers
-plug in there), in a fixed shuffled order (--question_order=shuffled, seed 0)
+task; "math500" / "gsm8k" = a JSONL from --data_path, 4-shot prompts, answers
+graded by math-verify / numerically), in a fixed shuffled order (--question_order=shuffled, seed 0)
 so any --num_questions prefix spans every difficulty, then
 [--question_offset, + --num_questions). A question's random stream is its
 index in the split, so its search does not depend on batching or offset.
@@ -67,7 +74,8 @@ import jax
 import numpy as np
 import tqdm
 
-from ttc_jax.checkpoints import load_policy, load_run_task, write_json_atomic
+from ttc_jax.checkpoints import (load_hf_policy, load_policy, load_run_task,
+                                 write_json_atomic)
 from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids
 from ttc_jax.revision import select as revision_select
@@ -103,6 +111,11 @@ class Options:
   ms: tuple[str, ...] = ("4",)
   ks: tuple[int, ...] = (0,)
   ratios: tuple[str, ...] = ("1:1",)  # method revisions: sequential:parallel (L:P), seq, par
+  policy_hf: bool = False  # policy is a Hugging Face checkpoint folder (with its tokenizer)
+  prm_hf: "HfPrm | None" = None  # a Hugging Face PRM folder instead of --prm
+  data_path: str | None = None  # the dataset's JSONL (default: ../shared/data when present)
+  shots_path: str | None = None  # few-shot examples (default: the data file, never the item)
+  num_shots: int = 4
   revision_model: str | None = None  # method revisions: the revision model's run directory
   revision_verifier: str | None = None  # method revisions: scores attempts in context (not --prm)
   # method revisions: an attempt's limit; 4 previous attempts + 1 must fit max_seq_len
@@ -132,12 +145,41 @@ class Options:
              if self.revision_verifier else {})
     if self.revision_model:
       extra["max_attempt_tokens"] = self.max_attempt_tokens
+    if self.policy_hf:
+      extra["policy_format"] = "hf"
+    if self.prm_hf:
+      extra["prm_hf"] = self.prm_hf.settings()
+    if self.dataset != "arithmetic":
+      extra.update(data_path=self.data_path and os.path.abspath(self.data_path),
+                   shots_path=self.shots_path and os.path.abspath(self.shots_path),
+                   num_shots=self.num_shots)
     return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
                 max_step_tokens=self.max_step_tokens,
                 max_solution_tokens=self.max_solution_tokens, max_rounds=self.max_rounds,
                 max_steps=self.max_steps, **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class HfPrm:
+  """--prm_hf: a PRM checkpoint folder (Llama / Qwen2) and how its scores are read.
+
+  format: "good_token" (a causal LM: P(good) of the two-token softmax at the
+  step tag, Math-Shepherd style), "class_softmax" (a token-classification
+  head at the step tag, Qwen2.5-Math-PRM style) or "auto" (from config.json).
+  step_tag: the token the PRM reads after each step (e.g. "ки", "<extra_0>");
+  None: the policy's step delimiter itself. In search the policy's delimiter
+  is shown to the PRM as this tag (`VerifierConfig.delimiter_id`).
+  """
+  path: str
+  format: str = "auto"
+  step_tag: str | None = None
+  good_token: str = "+"
+  bad_token: str = "-"
+
+  def settings(self) -> dict:
+    return {**dataclasses.asdict(self), "path": os.path.abspath(self.path)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +336,17 @@ def copied_line(line: dict, config: Config, seed: int, source: Config) -> dict:
   return {**line, "config": config.to_dict(seed), "same_as": source.label()}
 
 
+def check_sources(opts: Options) -> None:
+  """Model / data flag combinations that cannot work, before anything loads."""
+  if opts.policy_hf and opts.dataset == "arithmetic":
+    raise ValueError("--policy_hf needs a --dataset (math500, gsm8k): the built-in task is "
+                     "read from a policy run directory")
+  if opts.prm_hf and opts.prm != POLICY_LOGPROB:
+    raise ValueError("give --prm or --prm_hf, not both")
+  if opts.num_shots < 0:
+    raise ValueError(f"--num_shots must be >= 0, got {opts.num_shots}")
+
+
 def selection_keys(selections: Sequence[str], aggregations: Sequence[str]) -> list[str]:
   """"majority" (score-free) and "<selection>:<aggregation>" for the score-based rules."""
   keys = []
@@ -320,10 +373,62 @@ def load_prm(spec: str, pcfg, pparams, tokenizer) -> tuple[VerifierConfig, dict]
     raise ValueError(f"the verifier at {spec} was trained with a different tokenizer than the "
                      "policy: they must share token ids")
   check_compatible(vcfg, pcfg)
-  if vcfg.step_token_id != tokenizer.newline_id:
-    raise ValueError(f"the verifier scores at token {vcfg.step_token_id}, but the policy's step "
+  if vcfg.step_delimiter != tokenizer.newline_id:
+    raise ValueError(f"the verifier scores at token {vcfg.step_delimiter}, but the policy's step "
                      f"delimiter is {tokenizer.newline_id}")
   return vcfg, vparams
+
+
+def single_token_id(tokenizer, text: str, flag: str) -> int:
+  """The id of a text that must be exactly one token (a step tag, a good / bad token)."""
+  ids = tokenizer.encode(text)
+  if len(ids) != 1:
+    raise ValueError(f"{flag}={text!r} is {len(ids)} tokens {ids} in this tokenizer; the PRM "
+                     "reads one token")
+  return ids[0]
+
+
+_TOKENIZER_PROBE = "Solve 12 + 3.5 = x.\nThe answer is $\\boxed{\\frac{1}{2}}$ (b) ки +-"
+
+
+def check_same_tokenizer(path: str, tokenizer) -> None:
+  """A PRM folder with its own tokenizer must tokenize like the policy (the PRM
+  reads the policy's token ids); a folder without one is taken to share it."""
+  from ttc_jax.tokenizer import load_tokenizer
+  try:
+    own = load_tokenizer(path)
+  except FileNotFoundError:
+    return
+  if own.vocab_size != tokenizer.vocab_size or (
+      own.encode(_TOKENIZER_PROBE) != tokenizer.encode(_TOKENIZER_PROBE)):
+    raise ValueError(f"the PRM at {path} has a different tokenizer than the policy: they must "
+                     "share token ids")
+
+
+def load_hf_prm_spec(spec: HfPrm, pcfg, tokenizer) -> tuple[VerifierConfig, dict]:
+  """(vcfg, params) of --prm_hf; the PRM must share the policy's tokenizer."""
+  from ttc_jax import hf
+  from ttc_jax.verifier.hf_prm import load_hf_prm
+  delimiter = tokenizer.newline_id
+  tag = delimiter if spec.step_tag is None else single_token_id(tokenizer, spec.step_tag,
+                                                                "--prm_step_tag")
+  fmt = spec.format
+  if fmt == "auto":  # a causal LM reads good vs bad tokens; a classifier its classes
+    causal = hf.checkpoint_architecture(spec.path) in hf.SUPPORTED_ARCHITECTURES
+    fmt = "good_token" if causal else "class_softmax"
+  ids = {}
+  if fmt == "good_token":
+    ids = dict(good_token_id=single_token_id(tokenizer, spec.good_token, "--prm_good_token"),
+               bad_token_id=single_token_id(tokenizer, spec.bad_token, "--prm_bad_token"))
+  check_same_tokenizer(spec.path, tokenizer)
+  vcfg, params = load_hf_prm(spec.path, fmt, step_tag_id=tag, dtype=pcfg.dtype, **ids)
+  check_compatible(vcfg, pcfg)
+  return (vcfg if tag == delimiter else vcfg.replace(delimiter_id=delimiter)), params
+
+
+def load_policy_any(opts: Options) -> tuple:
+  """(cfg, params, tokenizer) of --policy (a run directory) or --policy_hf (a HF folder)."""
+  return load_hf_policy(opts.policy) if opts.policy_hf else load_policy(opts.policy)
 
 
 def load_revision_model(path: str, tokenizer) -> tuple:
@@ -334,12 +439,20 @@ def load_revision_model(path: str, tokenizer) -> tuple:
   return rcfg, rparams
 
 
-def load_task(dataset: str, policy_dir: str):
-  """The task behind --dataset: "arithmetic" is the policy run's own (its options)."""
+def load_task(dataset: str, policy_dir: str, **options):
+  """The task behind --dataset: "arithmetic" is the policy run's own (its
+  options); any other name is a registered reader (MATH-500, GSM8K) built
+  with `options` (data_path, shots_path, num_shots)."""
   if dataset == "arithmetic":
     return load_run_task(policy_dir)
-  from ttc_jax.tasks import get_task  # a registered reader (MATH, GSM8K, ...)
-  return get_task(dataset)
+  from ttc_jax.tasks import get_task
+  return get_task(dataset, **options)
+
+
+def task_options(opts: Options) -> dict:
+  if opts.dataset == "arithmetic":
+    return {}
+  return dict(data_path=opts.data_path, shots_path=opts.shots_path, num_shots=opts.num_shots)
 
 
 def question_order(count: int, order: str) -> np.ndarray:
@@ -564,19 +677,21 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   over the data axis (results are identical; see `ttc_jax.search.search`).
   """
   configs, notes = expand_grid(opts)
+  check_sources(opts)
   for note in notes:
     print_fn(f"note: {note}")
   os.makedirs(opts.out_dir, exist_ok=True)
   settings = opts.settings()
   saved = check_settings(opts.out_dir, settings)
-  pcfg, pparams, tokenizer = load_policy(opts.policy)
-  vcfg, vparams = load_prm(opts.prm, pcfg, pparams, tokenizer)
+  pcfg, pparams, tokenizer = load_policy_any(opts)
+  vcfg, vparams = (load_hf_prm_spec(opts.prm_hf, pcfg, tokenizer) if opts.prm_hf else
+                   load_prm(opts.prm, pcfg, pparams, tokenizer))
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
       c.method == REVISIONS for c in configs) else None
   revision_scorer = (load_prm(opts.revision_verifier, pcfg, pparams, tokenizer)
                      if reviser and opts.revision_verifier else (vcfg, vparams))
   revision_verifier = os.path.abspath(opts.revision_verifier) if opts.revision_verifier else "prm"
-  task = load_task(opts.dataset, opts.policy)
+  task = load_task(opts.dataset, opts.policy, **task_options(opts))
   questions = select_questions(task, opts)
   if not saved:  # only once everything loaded: a typo does not pin the out_dir
     write_json_atomic(os.path.join(opts.out_dir, SETTINGS_FILE), settings)
@@ -680,9 +795,25 @@ def _define_flags():
   flags.DEFINE_integer("question_offset", 0, "Skip this many questions of the sweep order.")
   flags.DEFINE_enum("question_order", "shuffled", ["shuffled", "original"],
                     "Sweep order of the split: a fixed shuffle spans difficulties in any prefix.")
+  flags.DEFINE_string("data_path", None, "The --dataset's JSONL file (MATH-style or GSM8K); "
+                      "default: ../shared/data/<dataset>/test.jsonl beside the project.")
+  flags.DEFINE_string("shots_path", None, "Few-shot examples (same format; e.g. a train "
+                      "split). Default: the data file, never the evaluated item.")
+  flags.DEFINE_integer("num_shots", 4, "Few-shot examples per prompt.")
   flags.DEFINE_string("policy", None, "Policy run directory (train_policy --out_dir).")
+  flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 checkpoint folder "
+                      "(config.json, *.safetensors, tokenizer.json or tokenizer.model).")
   flags.DEFINE_string("prm", POLICY_LOGPROB, "Verifier run directory, or 'policy_logprob' "
                       "(untrained token-level head on the policy's weights).")
+  flags.DEFINE_string("prm_hf", None, "Or: a Hugging Face PRM folder (Llama / Qwen2; it must "
+                      "share the policy's tokenizer).")
+  flags.DEFINE_enum("prm_format", "auto", ["auto", "good_token", "class_softmax"],
+                    "--prm_hf scores: P(good token) vs the bad token at the step tag "
+                    "(Math-Shepherd), or a classification head's softmax there (Qwen-PRM).")
+  flags.DEFINE_string("prm_step_tag", None, "--prm_hf: the token it reads after each step "
+                      "(e.g. 'ки', '<extra_0>'); default: the policy's step delimiter.")
+  flags.DEFINE_string("prm_good_token", "+", "--prm_hf good_token format: the good token.")
+  flags.DEFINE_string("prm_bad_token", "-", "--prm_hf good_token format: the bad token.")
   flags.DEFINE_integer("batch_questions", 0, "Prompts per jitted search call (0: about "
                        f"{AUTO_BATCH_ROWS} question x candidate rows).")
   flags.DEFINE_integer("max_step_tokens", 32, "Tokens one step may take.")
@@ -695,7 +826,8 @@ def _define_flags():
                     "configs.")
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
   flags.DEFINE_string("out_dir", None, "Output directory (results.jsonl, summary.json).")
-  flags.mark_flags_as_required(["policy", "out_dir"])
+  flags.mark_flags_as_required(["out_dir"])
+  flags.mark_flags_as_mutual_exclusive(["policy", "policy_hf"], required=True)
   from ttc_jax import distributed
   distributed.define_flags()  # --local_device_count=2: two XLA:CPU devices, ~1.6x on 2 cores
   return flags.FLAGS
@@ -703,8 +835,12 @@ def _define_flags():
 
 def options_from_flags(f) -> Options:
   ints = lambda xs: tuple(int(x) for x in xs)
+  prm_hf = f.prm_hf and HfPrm(f.prm_hf, f.prm_format, f.prm_step_tag, f.prm_good_token,
+                             f.prm_bad_token)
   return Options(
-      policy=f.policy, out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
+      policy=f.policy or f.policy_hf, policy_hf=bool(f.policy_hf), prm_hf=prm_hf or None,
+      data_path=f.data_path, shots_path=f.shots_path, num_shots=f.num_shots,
+      out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
       ms=tuple(f.m), ks=ints(f.k), ratios=tuple(f.ratio), revision_model=f.revision_model,
       revision_verifier=f.revision_verifier, max_attempt_tokens=f.max_attempt_tokens,
       aggregations=tuple(f.aggregation),
@@ -724,6 +860,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     opts = options_from_flags(f)
     expand_grid(opts)  # a bad grid fails before any model is loaded
+    check_sources(opts)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   from ttc_jax import distributed, sharding

@@ -4,7 +4,8 @@ Layout of a run directory (`out_dir`)::
 
     out_dir/
       policy.json            sidecar: model config, preset, tokenizer (+ its bytes)
-      tokenizer.model        sentencepiece model of the run
+      tokenizer.model        sentencepiece model of the run, or instead
+      tokenizer.json         a Hugging Face tokenizer (+ tokenizer_config.json)
       metrics.jsonl          one JSON object per line (train / eval / summary)
       checkpoints/<step>/    one orbax checkpoint per saved step:
         params/              item: the parameter pytree (StandardSave, OCDBT)
@@ -31,7 +32,6 @@ meta at save time; every skipped step produces a `CheckpointWarning`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -82,20 +82,32 @@ def read_sidecar(out_dir: str) -> dict | None:
 
 
 def tokenizer_record(tokenizer) -> dict:
-  """What the sidecar says about a tokenizer (the bytes too, when small)."""
-  proto = tokenizer._proto  # pylint: disable=protected-access
-  rec = {"file": TOKENIZER_FILE, "sha256": hashlib.sha256(proto).hexdigest(),
+  """What the sidecar says about a tokenizer (the bytes too, when small).
+
+  A sentencepiece model is embedded as "model_b64" (the original format);
+  an HFTokenizer's files as "files_b64" {name: base64}.
+  """
+  files = tokenizer.files()
+  rec = {"file": tokenizer.FILENAME, "sha256": tokenizer.digest(),
          "vocab_size": tokenizer.vocab_size}
-  if len(proto) <= _EMBED_TOKENIZER_MAX_BYTES:
-    rec["model_b64"] = base64.b64encode(proto).decode("ascii")
+  if sum(len(data) for data in files.values()) <= _EMBED_TOKENIZER_MAX_BYTES:
+    encode = lambda data: base64.b64encode(data).decode("ascii")
+    if set(files) == {TOKENIZER_FILE}:
+      rec["model_b64"] = encode(files[TOKENIZER_FILE])
+    else:
+      rec["files_b64"] = {name: encode(data) for name, data in files.items()}
   return rec
 
 
 def tokenizer_from_record(rec: dict):
-  from ttc_jax.tokenizer import Tokenizer
-  if "model_b64" not in rec:
-    return None
-  return Tokenizer(base64.b64decode(rec["model_b64"]))
+  """The tokenizer embedded in a record; None when it was too large to embed."""
+  from ttc_jax.tokenizer import Tokenizer, tokenizer_from_files
+  if "model_b64" in rec:
+    return Tokenizer(base64.b64decode(rec["model_b64"]))
+  if "files_b64" in rec:
+    return tokenizer_from_files({name: base64.b64decode(data)
+                                 for name, data in rec["files_b64"].items()})
+  return None
 
 
 def config_diff(saved: dict, current: dict) -> list[str]:
@@ -323,6 +335,17 @@ def _resolve_run_dir(path: str) -> str:
   return path
 
 
+def load_hf_policy(path: str, dtype: str = "float32"):
+  """(cfg, params, tokenizer) of a Hugging Face Llama / Qwen2 folder: weights
+  via `ttc_jax.hf.load_checkpoint`, tokenizer.json or tokenizer.model beside them."""
+  from ttc_jax import hf
+  from ttc_jax.tokenizer import load_tokenizer
+  cfg, params = hf.load_checkpoint(path, dtype)
+  tokenizer = load_tokenizer(path)
+  tokenizer.check_matches(cfg.vocab_size)
+  return cfg, params, tokenizer
+
+
 def load_policy(path: str, step: int | None = None, shardings=None):
   """(cfg, params, tokenizer) of a training run directory.
 
@@ -331,10 +354,11 @@ def load_policy(path: str, step: int | None = None, shardings=None):
   warning). shardings: optional params-shaped NamedShardings to restore into
   (e.g. `ttc_jax.sharding.param_shardings(cfg, mesh)` -- pass a callable
   cfg -> shardings when the cfg is not known yet); default: one device.
-  The tokenizer is out_dir/tokenizer.model, checked against the checkpoint's
-  record (falls back to the copy embedded in the checkpoint's meta).
+  The tokenizer is the file the checkpoint's record names (out_dir/
+  tokenizer.model or tokenizer.json), checked against that record (falls
+  back to the copy embedded in the checkpoint's meta).
   """
-  from ttc_jax.tokenizer import Tokenizer
+  from ttc_jax.tokenizer import load_tokenizer
   run_dir = _resolve_run_dir(path)
   ckpt = Checkpointer(run_dir, max_to_keep=None, read_only=True)
   try:
@@ -370,7 +394,7 @@ def load_policy(path: str, step: int | None = None, shardings=None):
   tok_path = os.path.join(run_dir, rec.get("file", TOKENIZER_FILE))
   tokenizer = None
   if os.path.exists(tok_path):
-    tokenizer = Tokenizer.load(tok_path)
+    tokenizer = load_tokenizer(tok_path)
     if rec.get("sha256") and tokenizer_record(tokenizer)["sha256"] != rec["sha256"]:
       warnings.warn(f"{tok_path} differs from the tokenizer the checkpoint was trained with; "
                     "using the checkpoint's embedded copy", CheckpointWarning, stacklevel=2)

@@ -4,6 +4,11 @@
 * `load_checkpoint(path, dtype="float32") -> (ModelConfig, params)`: a local
   directory with `config.json` and `model.safetensors` or
   `model.safetensors.index.json` + shards. Nothing is ever downloaded.
+* `load_backbone(path, dtype="float32") -> (ModelConfig, params, extras, arch)`:
+  the transformer of a checkpoint whose head is not an LM head (transformers'
+  `*ForTokenClassification`, Qwen2.5-Math-PRM's `Qwen2ForProcessRewardModel`):
+  `model.*` tensors as params, the head's tensors (`score.*`) as numpy arrays.
+  `checkpoint_architecture(path)` says which of the two loaders a directory needs.
 * `save_checkpoint(path, cfg, params)`: writes `config.json` +
   `model.safetensors` that `transformers` loads as Llama (or Qwen2 when the
   config has q/k/v biases).
@@ -38,6 +43,12 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
 }
 _MODEL_TYPE_TO_ARCH = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
+# Same transformers, another head (no lm_head): only `load_backbone` reads these.
+HEAD_ARCHITECTURES = {
+    "LlamaForTokenClassification": "llama",
+    "Qwen2ForTokenClassification": "qwen2",
+    "Qwen2ForProcessRewardModel": "qwen2",  # Qwen2.5-Math-PRM (remote code)
+}
 _SILU_NAMES = ("silu", "swish")  # the same function in transformers' ACT2FN
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -52,16 +63,21 @@ INDEX_FILE = "model.safetensors.index.json"
 # ----------------------------------------------------------------------------- config
 
 
-def _architecture(hf: dict) -> str:
+def _architecture(hf: dict, allowed: dict[str, str] = SUPPORTED_ARCHITECTURES) -> str:
+  """The config's architecture name, one of `allowed` (name -> model family).
+
+  Without an `architectures` field, `model_type` picks the causal LM."""
   archs = hf.get("architectures") or []
-  supported = ", ".join(sorted(SUPPORTED_ARCHITECTURES))
+  supported = ", ".join(sorted(allowed))
   if archs:
-    if len(archs) != 1 or archs[0] not in SUPPORTED_ARCHITECTURES:
+    if len(archs) != 1 or archs[0] not in allowed:
+      hint = (" (a model with a classification head: read it with load_backbone)"
+              if archs[0] in HEAD_ARCHITECTURES and allowed is SUPPORTED_ARCHITECTURES else "")
       raise ValueError(f"unsupported architecture {archs!r} in the HF config; "
-                       f"supported: {supported}")
+                       f"supported: {supported}{hint}")
     return archs[0]
   model_type = hf.get("model_type")
-  if model_type not in _MODEL_TYPE_TO_ARCH:
+  if _MODEL_TYPE_TO_ARCH.get(model_type) not in allowed:  # a head is never guessed
     raise ValueError(f"unsupported model_type {model_type!r} (no 'architectures' field) in the "
                      f"HF config; supported architectures: {supported}")
   return _MODEL_TYPE_TO_ARCH[model_type]
@@ -102,8 +118,13 @@ def _rope(hf: dict) -> tuple[float, tuple[float, float, float, int] | None]:
 
 def config_from_hf(hf_config: dict) -> ModelConfig:
   """A float32 ModelConfig from a Llama / Qwen2 `config.json` dict."""
+  return _config_from_hf(hf_config, SUPPORTED_ARCHITECTURES)
+
+
+def _config_from_hf(hf_config: dict, allowed: dict[str, str]) -> ModelConfig:
   hf = dict(hf_config)
-  arch = _architecture(hf)
+  arch = _architecture(hf, allowed)
+  family = {**SUPPORTED_ARCHITECTURES, **HEAD_ARCHITECTURES}[arch]
   required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "intermediate_size")
   absent = [k for k in required if hf.get(k) is None]
@@ -114,9 +135,9 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
     raise ValueError(f"unsupported hidden_act {act!r} for {arch}; only 'silu' is supported")
   if hf.get("mlp_bias"):
     raise ValueError(f"{arch} with mlp_bias=True is not supported (no MLP biases in ttc_jax)")
-  if arch == "LlamaForCausalLM":
+  if family == "llama":
     if hf.get("attention_bias"):
-      raise ValueError("LlamaForCausalLM with attention_bias=True is not supported: it adds an "
+      raise ValueError(f"{arch} with attention_bias=True is not supported: it adds an "
                        "o_proj bias, which ttc_jax does not have")
     qkv_bias = False
   else:  # Qwen2: q/k/v always have biases, o_proj never does.
@@ -284,16 +305,79 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32") -> tuple[Mo
   ValueError naming the HF tensor on a missing / unexpected tensor, a wrong
   shape or a non-float dtype, and FileNotFoundError for a missing shard.
   """
-  from safetensors import safe_open
-
   path = os.fspath(path)
+  hf_config = _read_config(path, dtype)
+  cfg = config_from_hf(hf_config).replace(dtype=dtype)
+  optional = {"lm_head.weight"} if cfg.tie_embeddings else set()  # HF re-ties it anyway
+  params, _ = _read_weights(path, cfg, dtype, optional=optional, extra_prefixes=())
+  return cfg, params
+
+
+def load_backbone(path: str | os.PathLike, dtype: str = "float32", *,
+                  extra_prefixes: tuple[str, ...] = ("score.",)
+                  ) -> tuple[ModelConfig, dict, dict[str, np.ndarray], str]:
+  """Reads the transformer of a checkpoint with a non-LM head (`HEAD_ARCHITECTURES`).
+
+  Such checkpoints hold `model.*` plus the head's tensors and no `lm_head`.
+  Returns (cfg, params, extras, architecture): params hold the backbone in
+  `dtype`; extras are the tensors whose names start with one of
+  `extra_prefixes`, as float32 numpy arrays keyed by their HF names. There is
+  no LM head, so cfg says `tie_embeddings=True` to keep the params pytree
+  complete: the LM logits are then meaningless (a classification head never
+  reads them). An `lm_head.weight`, if present, is ignored. Causal LMs are
+  read with `load_checkpoint`.
+  """
+  path = os.fspath(path)
+  hf_config = _read_config(path, dtype)
+  archs = hf_config.get("architectures") or []
+  if len(archs) == 1 and archs[0] in SUPPORTED_ARCHITECTURES:
+    raise ValueError(f"{path} holds a causal LM ({archs[0]}), not a model with a "
+                     f"classification head: read it with load_checkpoint")
+  arch = _architecture(hf_config, HEAD_ARCHITECTURES)
+  cfg = _config_from_hf(hf_config, HEAD_ARCHITECTURES).replace(dtype=dtype, tie_embeddings=True)
+  params, extras = _read_weights(path, cfg, dtype, optional={"lm_head.weight"},
+                                 extra_prefixes=tuple(extra_prefixes))
+  return cfg, params, extras, arch
+
+
+def checkpoint_architecture(path: str | os.PathLike) -> str:
+  """The architecture named by a checkpoint's config.json: one of
+  `SUPPORTED_ARCHITECTURES` (read with `load_checkpoint`) or `HEAD_ARCHITECTURES`
+  (read with `load_backbone`)."""
+  hf_config = _read_config(os.fspath(path), "float32")
+  return _architecture(hf_config, {**SUPPORTED_ARCHITECTURES, **HEAD_ARCHITECTURES})
+
+
+def _read_config(path: str, dtype: str) -> dict:
   if dtype not in _NP_DTYPES:
     raise ValueError(f"dtype must be one of {tuple(_NP_DTYPES)}, got {dtype!r}")
   config_path = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"no {CONFIG_FILE} in {path}")
   with open(config_path) as fh:
-    cfg = config_from_hf(json.load(fh)).replace(dtype=dtype)
+    return json.load(fh)
+
+
+def _checked_tensor(fh, name: str, shape: tuple[int, ...] | None) -> np.ndarray:
+  """Tensor `name` from an open safetensors file, after dtype (and shape) checks."""
+  sl = fh.get_slice(name)
+  got_dtype, got_shape = sl.get_dtype(), tuple(sl.get_shape())
+  if got_dtype not in _FLOAT_DTYPES:
+    raise ValueError(f"tensor {name!r} has dtype {got_dtype}; expected a float dtype "
+                     f"{_FLOAT_DTYPES}")
+  if shape is not None and got_shape != shape:
+    raise ValueError(f"tensor {name!r} has shape {got_shape}; expected {shape}")
+  return fh.get_tensor(name)
+
+
+def _read_weights(path: str, cfg: ModelConfig, dtype: str, *, optional: set[str],
+                  extra_prefixes: tuple[str, ...]) -> tuple[dict, dict[str, np.ndarray]]:
+  """(params for `cfg`, extra tensors by name) from the checkpoint's safetensors.
+
+  `optional` tensors may be absent and are not read; `extra_prefixes` name the
+  other tensors to return as f32 numpy; anything else unknown is an error.
+  """
+  from safetensors import safe_open
 
   files = _weight_files(path)
   if not files:
@@ -302,42 +386,40 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32") -> tuple[Mo
       files = {name: single for name in fh.keys()}
 
   entries = {e.hf_name: e for e in _entries(cfg)}
-  optional = {"lm_head.weight"} if cfg.tie_embeddings else set()  # HF re-ties it anyway
   missing = sorted(set(entries) - set(files))
   if missing:
     raise ValueError(f"checkpoint {path} is missing tensor(s) {missing}")
+  wanted_extra = [n for n in files if n not in entries and n.startswith(extra_prefixes)]
   extra = sorted(n for n in files if n not in entries and n not in optional
-                 and not n.endswith(_HARMLESS_SUFFIXES))
+                 and n not in wanted_extra and not n.endswith(_HARMLESS_SUFFIXES))
   if extra:
     raise ValueError(f"checkpoint {path} has unexpected tensor(s) {extra}; they are not part "
                      "of the supported Llama / Qwen2 layout")
 
   abstract = abstract_params(cfg)
   params = jax.tree_util.tree_map(lambda _: None, abstract)
+  extras: dict[str, np.ndarray] = {}
   target = _NP_DTYPES[dtype]
   by_file: dict[str, list[str]] = {}
-  for name in entries:
+  for name in list(entries) + wanted_extra:
     by_file.setdefault(files[name], []).append(name)
   for file, names in sorted(by_file.items()):
     with safe_open(file, framework="numpy") as fh:
       present = set(fh.keys())
       for name in names:
-        entry = entries[name]
         if name not in present:
           raise ValueError(f"{INDEX_FILE} puts tensor {name!r} in {os.path.basename(file)!r}, "
                            "which does not contain it")
-        sl = fh.get_slice(name)
-        got_dtype, got_shape = sl.get_dtype(), tuple(sl.get_shape())
-        if got_dtype not in _FLOAT_DTYPES:
-          raise ValueError(f"tensor {name!r} has dtype {got_dtype}; expected a float dtype "
-                           f"{_FLOAT_DTYPES}")
-        if got_shape != entry.hf_shape:
-          raise ValueError(f"tensor {name!r} has shape {got_shape}; expected {entry.hf_shape}")
-        ours = np.ascontiguousarray(entry.to_ours(fh.get_tensor(name)).astype(target))
+        if name not in entries:
+          extras[name] = np.asarray(_checked_tensor(fh, name, None), np.float32)
+          continue
+        entry = entries[name]
+        tensor = _checked_tensor(fh, name, entry.hf_shape)
+        ours = np.ascontiguousarray(entry.to_ours(tensor).astype(target))
         want = _get(abstract, entry.path)
         assert ours.shape == want.shape, (name, ours.shape, want.shape)
         _set(params, entry.path, jnp.asarray(ours))
-  return cfg, params
+  return params, extras
 
 
 # ----------------------------------------------------------------------------- save
@@ -374,5 +456,5 @@ def save_checkpoint(path: str | os.PathLike, cfg: ModelConfig, params: dict) -> 
     os.remove(index)
 
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "config_from_hf", "config_to_hf", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["HEAD_ARCHITECTURES", "SUPPORTED_ARCHITECTURES", "checkpoint_architecture",
+           "config_from_hf", "config_to_hf", "load_backbone", "load_checkpoint", "save_checkpoint"]

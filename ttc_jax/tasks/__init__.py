@@ -7,6 +7,7 @@ from typing import Any
 
 from ttc_jax.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from ttc_jax.tasks.base import Problem, Task, split_steps
+from ttc_jax.tasks.benchmarks import Gsm8kTask, MathTask
 
 DEFAULT_TASK = "arithmetic"
 
@@ -32,11 +33,16 @@ def task_names() -> list[str]:
 
 
 register_task("arithmetic", lambda **options: ArithmeticTask(ArithmeticConfig(**options)))
+# Options: data_path=None, shots_path=None, num_shots=4, shots_seed=0 (ttc_jax.tasks.benchmarks).
+register_task("math500", lambda **options: MathTask(**options))
+register_task("gsm8k", lambda **options: Gsm8kTask(**options))
 
 __all__ = [
     "DEFAULT_TASK",
     "ArithmeticConfig",
     "ArithmeticTask",
+    "Gsm8kTask",
+    "MathTask",
     "Problem",
     "Task",
     "get_task",

@@ -221,12 +221,13 @@ def trim_metrics(path: str, last_step: int) -> None:
 
 def _load_or_build_tokenizer(preset: Preset, out_dir: str, expected: dict | None, task,
                              given=None):
-  """The run's tokenizer: out_dir/tokenizer.model when it matches `expected`
-  (the checkpoint's record), else rebuilt deterministically (or taken from
-  the record) and written atomically. `given` (a fine-tuning run's
-  tokenizer) is used as is, after checking it against `expected`."""
-  from ttc_jax.tokenizer import Tokenizer, build_task_tokenizer
-  path = os.path.join(out_dir, ckpt_lib.TOKENIZER_FILE)
+  """The run's tokenizer: the file `expected` (the checkpoint's record) names
+  (out_dir/tokenizer.model or tokenizer.json) when it matches, else rebuilt
+  deterministically (or taken from the record) and written atomically.
+  `given` (a fine-tuning run's tokenizer, sentencepiece or Hugging Face) is
+  used as is, after checking it against `expected`."""
+  from ttc_jax.tokenizer import build_task_tokenizer, load_tokenizer
+  path = os.path.join(out_dir, (expected or {}).get("file", ckpt_lib.TOKENIZER_FILE))
   if given is not None:
     if expected is not None and ckpt_lib.tokenizer_record(given)["sha256"] != expected["sha256"]:
       raise ValueError(f"the checkpoint in {out_dir} was trained with a different tokenizer "
@@ -238,7 +239,7 @@ def _load_or_build_tokenizer(preset: Preset, out_dir: str, expected: dict | None
   if expected is not None:
     if os.path.exists(path):
       try:
-        tok = Tokenizer.load(path)
+        tok = load_tokenizer(path)
         if ckpt_lib.tokenizer_record(tok)["sha256"] == expected["sha256"]:
           tokenizer = tok
       except Exception:  # pylint: disable=broad-except  (torn file of a killed run)

@@ -4,7 +4,8 @@ Layout of a verifier run (`ttc_jax.train.verifier_train.train_verifier`)::
 
     out_dir/
       verifier.json          sidecar: verifier config, training config, tokenizer record
-      tokenizer.model        the tokenizer shared with the policy
+      tokenizer.model        the tokenizer shared with the policy (or tokenizer.json
+                             + tokenizer_config.json for a Hugging Face one)
       metrics.jsonl          one JSON object per line (train / eval / summary)
       checkpoints/<step>/    params {"lm", "head"}, train state, meta (exact resume)
       best/checkpoints/<step>/  params with the lowest held-out loss so far (early stopping)
@@ -57,10 +58,10 @@ def _read_newest_meta(ckpt: ckpt_lib.Checkpointer) -> dict | None:
 
 def _tokenizer(run_dir: str, rec: dict):
   """The run's tokenizer file when it matches the record, else the record's embedded copy."""
-  from ttc_jax.tokenizer import Tokenizer
+  from ttc_jax.tokenizer import load_tokenizer
   path = os.path.join(run_dir, rec.get("file", ckpt_lib.TOKENIZER_FILE))
   if os.path.exists(path):
-    tok = Tokenizer.load(path)
+    tok = load_tokenizer(path)
     if not rec.get("sha256") or ckpt_lib.tokenizer_record(tok)["sha256"] == rec["sha256"]:
       return tok
     warnings.warn(f"{path} differs from the tokenizer the verifier was trained with; using "

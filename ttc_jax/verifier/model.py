@@ -18,8 +18,10 @@ Heads (`VerifierConfig.head`):
                   0.84 vs 0.54 for the value head).
   "good_token"    Math-Shepherd / RLHFlow style: probability of a "good" token versus
                   a "bad" token at the tag position: logit = l_good - l_bad.
-  "class_softmax" Qwen-PRM style: a C-class linear head, softmax at the tag
-                  position, probability of `positive_class`.
+  "class_softmax" Qwen-PRM style: a C-class head, softmax at the tag position,
+                  probability of `positive_class`. Linear (transformers'
+                  *ForTokenClassification), or with `class_hidden` > 0 one ReLU hidden
+                  layer first (Qwen2.5-Math-PRM: Linear(D, D), ReLU, Linear(D, 2)).
 
 ORMs are the same models trained with only the final step labelled.
 
@@ -54,6 +56,12 @@ class VerifierConfig:
     delimiter, or a dedicated step tag for imported PRMs).
   good_token_id / bad_token_id: for "good_token".
   num_classes / positive_class: for "class_softmax".
+  class_hidden: for "class_softmax": width of a ReLU hidden layer before the
+    class logits (0: a linear head).
+  delimiter_id: the policy's step delimiter when the PRM reads another tag
+    after each step (an imported PRM: "ки", "<extra_0>"); in the solution the
+    verifier sees step_token_id in the delimiter's place, and steps end (and
+    are scored) at the delimiter. -1: the delimiter is step_token_id itself.
   token_init_scale / token_init_bias: the token head's initial (a, b).
   """
   model: ModelConfig
@@ -63,6 +71,8 @@ class VerifierConfig:
   bad_token_id: int = -1
   num_classes: int = 2
   positive_class: int = 1
+  class_hidden: int = 0
+  delimiter_id: int = -1
   token_init_scale: float = 1.0
   token_init_bias: float = 3.0
 
@@ -81,6 +91,18 @@ class VerifierConfig:
         raise ValueError("good_token_id and bad_token_id must differ")
     if self.head == "class_softmax" and not 0 <= self.positive_class < self.num_classes:
       raise ValueError(f"positive_class {self.positive_class} outside [0, {self.num_classes})")
+    if not -1 <= self.delimiter_id < v:
+      raise ValueError(f"delimiter_id {self.delimiter_id} outside the vocabulary [0, {v}) "
+                       "(-1: none)")
+    if self.class_hidden < 0:
+      raise ValueError(f"class_hidden must be >= 0, got {self.class_hidden}")
+    if self.class_hidden and self.head != "class_softmax":
+      raise ValueError(f"class_hidden applies to head 'class_softmax' only, not {self.head!r}")
+
+  @property
+  def step_delimiter(self) -> int:
+    """The policy token that ends a step (where step scores are read)."""
+    return self.step_token_id if self.delimiter_id < 0 else self.delimiter_id
 
   @property
   def cumulative(self) -> bool:
@@ -97,7 +119,7 @@ class VerifierConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "VerifierConfig":
-    d = dict(d)
+    d = dict(d)  # fields added later (class_hidden) keep their defaults when absent
     d["model"] = ModelConfig.from_dict(d["model"])
     return cls(**d)
 
@@ -116,7 +138,13 @@ def _head_shapes(vcfg: VerifierConfig) -> dict[str, tuple[int, ...]]:
   if vcfg.head == "token":
     return {"a": (), "b": ()}
   if vcfg.head == "class_softmax":
-    return {"w": (d, vcfg.num_classes), "b": (vcfg.num_classes,)}
+    h = vcfg.class_hidden
+    if not h:
+      return {"w": (d, vcfg.num_classes), "b": (vcfg.num_classes,)}
+    # "w", "b" stay the output layer; the hidden layer comes after them so a
+    # linear head's random draws are unchanged.
+    return {"w": (h, vcfg.num_classes), "b": (vcfg.num_classes,),
+            "w_hidden": (d, h), "b_hidden": (h,)}
   return {}  # good_token reads the LM logits
 
 
@@ -129,7 +157,7 @@ def init_head(vcfg: VerifierConfig, key: jax.Array) -> dict:
   head = {}
   for name, shape in shapes.items():
     key, sub = jax.random.split(key)
-    scale = 0.0 if name == "b" else 1.0 / math.sqrt(vcfg.model.d_model)
+    scale = 0.0 if name.startswith("b") else 1.0 / math.sqrt(shape[0])  # std 1/sqrt(fan_in)
     head[name] = scale * jax.random.normal(sub, shape, jnp.float32)
   return head
 
@@ -163,7 +191,10 @@ def position_logits(vcfg: VerifierConfig, params: dict, hidden: jax.Array, token
   if vcfg.head == "value":
     return jnp.einsum("btd,d->bt", hidden.astype(jnp.float32), head["w"]) + head["b"]
   if vcfg.head == "class_softmax":
-    logits = jnp.einsum("btd,dc->btc", hidden.astype(jnp.float32), head["w"]) + head["b"]
+    x = hidden.astype(jnp.float32)
+    if vcfg.class_hidden:
+      x = jax.nn.relu(jnp.einsum("btd,dh->bth", x, head["w_hidden"]) + head["b_hidden"])
+    logits = jnp.einsum("btd,dc->btc", x, head["w"]) + head["b"]
     return _one_vs_rest(logits, vcfg.positive_class)
   if vcfg.head == "good_token":
     logits = unembed(vcfg.model, params["lm"], hidden)  # [B,T,V]
@@ -195,6 +226,14 @@ def _prefix_scores(vcfg: VerifierConfig, logit: jax.Array, scored: jax.Array,
   return jnp.exp(log_prefix), log_prefix[:, -1]
 
 
+def shown_tokens(vcfg: VerifierConfig, tokens: jax.Array) -> jax.Array:
+  """Solution tokens as the verifier reads them: the policy's step delimiter
+  replaced by the PRM's step tag (`VerifierConfig.delimiter_id`)."""
+  if vcfg.delimiter_id < 0:
+    return tokens
+  return jnp.where(tokens == vcfg.delimiter_id, vcfg.step_token_id, tokens)
+
+
 # ---------------------------------------------------------------- one-pass scoring
 
 def score_rows(vcfg: VerifierConfig, params: dict, tokens: jax.Array,
@@ -207,11 +246,12 @@ def score_rows(vcfg: VerifierConfig, params: dict, tokens: jax.Array,
   the training loss). No per-step re-scoring: every step's score comes out of
   this one pass (`step_scores` gathers them).
   """
-  hidden, _ = forward_hidden(vcfg.model, params["lm"], tokens, dropout_rng=dropout_rng,
-                             dropout_rate=dropout_rate)
   b, t = tokens.shape
   pos = jnp.arange(t)[None, :]
   solution = (pos >= prompt_lengths[:, None]) & (pos < lengths[:, None])
+  tokens = jnp.where(solution, shown_tokens(vcfg, tokens), tokens)  # the prompt as it is
+  hidden, _ = forward_hidden(vcfg.model, params["lm"], tokens, dropout_rng=dropout_rng,
+                             dropout_rate=dropout_rate)
   logit = position_logits(vcfg, params, hidden, tokens, jnp.zeros((b, hidden.shape[-1])))
   scores, _ = _prefix_scores(vcfg, logit, solution, jnp.zeros((b,), jnp.float32))
   return jnp.where(solution, scores, 0.0), logit
@@ -224,7 +264,7 @@ def step_positions(vcfg: VerifierConfig, tokens: jax.Array, prompt_lengths: jax.
   e.g. a solution cut at its token limit: `split_steps` counts it too)."""
   pos = jnp.arange(tokens.shape[1])[None, :]
   solution = (pos >= prompt_lengths[:, None]) & (pos < lengths[:, None])
-  return solution & ((tokens == vcfg.step_token_id) | (pos == lengths[:, None] - 1))
+  return solution & ((tokens == vcfg.step_delimiter) | (pos == lengths[:, None] - 1))
 
 
 def compact(values: jax.Array, where: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
@@ -335,6 +375,7 @@ def extend(vcfg: VerifierConfig, params: dict, state: VerifierState, tokens: jax
   """
   b, t = tokens.shape
   start_len = state.cache.lengths
+  tokens = shown_tokens(vcfg, tokens)
   hidden, cache = forward_hidden(vcfg.model, params["lm"], tokens, cache=state.cache,
                                  cache_is_empty=suffix_is_empty)
   valid = jnp.arange(t)[None, :] < num_new[:, None]

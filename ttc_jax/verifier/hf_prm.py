@@ -1,0 +1,287 @@
+"""Process reward models (PRMs) from Hugging Face checkpoints (Llama / Qwen2 backbones).
+
+Both common formats read one score per step at a step tag token placed after
+each step, from one forward pass:
+
+  "good_token"     Math-Shepherd / RLHFlow style: a causal LM (LlamaForCausalLM,
+                   Qwen2ForCausalLM). Step score = softmax of the LM logits over
+                   [good, bad] at the tag, probability of good, which equals
+                   sigmoid(l_good - l_bad): the project's "good_token" head.
+  "class_softmax"  Qwen2.5-Math-PRM style: the backbone plus a `score` head at the
+                   tag, softmax over its classes, probability of `positive_class`.
+                   Either transformers' Llama/Qwen2ForTokenClassification (one linear
+                   `score.weight` [C, D], optional `score.bias`) or the
+                   Qwen2.5-Math-PRM layout (`score.0` Linear(D, D), ReLU, `score.2`
+                   Linear(D, 2)), config architecture "Qwen2ForProcessRewardModel".
+
+Token ids are ints: resolve strings with the checkpoint's own tokenizer. With
+`tok = transformers.AutoTokenizer.from_pretrained(path)`:
+
+  Math-Shepherd style (good "+", bad "-", tag "ки" after each step)::
+
+    plus, minus = tok.encode("+ -", add_special_tokens=False)[-2:]
+    vcfg, params = load_hf_prm(path, "good_token", step_tag_id=tok.encode("ки")[-1],
+                               good_token_id=plus, bad_token_id=minus)
+
+  Qwen2.5-Math-PRM (tag "<extra_0>", positive class 1)::
+
+    vcfg, params = load_hf_prm(path, "class_softmax", positive_class=1,
+                               step_tag_id=tok.convert_tokens_to_ids("<extra_0>"))
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": "Please reason step by step, and put your final "
+                                       "answer within \\\\boxed{}."},
+         {"role": "user", "content": question}], add_generation_prompt=True)
+
+  then, for any format::
+
+    enc = lambda text: tok.encode(text, add_special_tokens=False)
+    rows = tag_rows([prompt] * len(solutions),
+                    [[enc(step) for step in steps] for steps in solutions],
+                    vcfg.step_token_id)
+    probs = score_solutions(vcfg, params, rows)  # per solution: [num_steps] floats
+
+Check the tokenizer for the exact tag token (Math-Shepherd's steps end in
+" ки", and which of " ки" / "ки" is one token depends on the vocabulary).
+Tokenizing steps one by one can split text differently from tokenizing the
+joined solution; when exact agreement with a reference script matters, build
+`TaggedRows` from the whole-text tokenization instead (tags at the step ends).
+
+Not supported: other backbones (Math-Shepherd's released checkpoint is a
+MistralForCausalLM, which `ttc_jax.hf` does not read); value-head PRMs
+(Skywork-PRM, TRL's ...WithValueHead); single-label / sigmoid classification
+heads; PRMs that read "+"/"-" as a chat reply after a multi-token template
+(RLHFlow's Llama3.1-8B-PRM) rather than at one tag token (score those with
+`score_rows` and gather at your own positions). Search needs the PRM to share
+the policy's vocabulary (`check_compatible`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ttc_jax import hf
+from ttc_jax.verifier.model import VerifierConfig, score_rows
+
+FORMATS = ("good_token", "class_softmax", "auto")
+# Linear(D, H), ReLU, Linear(H, C) as nn.Sequential indices (Qwen2.5-Math-PRM).
+_HIDDEN_NAMES = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
+_LINEAR_NAMES = ("score.weight", "score.bias")
+
+
+# ---------------------------------------------------------------- loading
+
+def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int, good_token_id: int | None = None,
+                bad_token_id: int | None = None, positive_class: int = 1,
+                dtype: str = "float32") -> tuple[VerifierConfig, dict]:
+  """A PRM checkpoint directory -> (VerifierConfig, params {"lm", "head"}) for `score_rows`.
+
+  fmt: "good_token" (a causal LM; needs good_token_id and bad_token_id),
+  "class_softmax" (a token-classification / process-reward checkpoint; reads
+  P(positive_class)) or "auto" (picked from config.json's architecture).
+  dtype: the backbone's dtype ("float32" or "bfloat16"); the head stays f32.
+  """
+  if fmt not in FORMATS:
+    raise ValueError(f"PRM format must be one of {FORMATS}, got {fmt!r}")
+  arch = hf.checkpoint_architecture(path)
+  vocab_size = _config_vocab_size(path)  # ids are checked before the weights are read
+  is_lm = arch in hf.SUPPORTED_ARCHITECTURES
+  if fmt == "auto":
+    fmt = "good_token" if is_lm else "class_softmax"
+  if fmt == "good_token" and not is_lm:
+    raise ValueError(f"format 'good_token' reads LM logits, but {path} is a {arch} (a "
+                     "classification head, no LM head): use fmt='class_softmax'")
+  if fmt == "class_softmax" and is_lm:
+    raise ValueError(f"format 'class_softmax' needs a classification head (score.*), but "
+                     f"{path} is a causal LM ({arch}): use fmt='good_token' with good and bad "
+                     "token ids")
+  if fmt == "good_token":
+    if good_token_id is None or bad_token_id is None:
+      raise ValueError("format 'good_token' needs good_token_id and bad_token_id")
+    _check_ids(vocab_size, step_tag_id=step_tag_id, good_token_id=good_token_id,
+               bad_token_id=bad_token_id)
+    if good_token_id == bad_token_id:
+      raise ValueError(f"good_token_id and bad_token_id must differ, both are {good_token_id}")
+    cfg, lm = hf.load_checkpoint(path, dtype)
+    vcfg = VerifierConfig(model=cfg, head="good_token", step_token_id=int(step_tag_id),
+                          good_token_id=int(good_token_id), bad_token_id=int(bad_token_id))
+    return vcfg, {"lm": lm, "head": {}}
+
+  if good_token_id is not None or bad_token_id is not None:
+    raise ValueError("good_token_id / bad_token_id apply to format 'good_token' only; "
+                     f"{path} is a {arch}, read as 'class_softmax'")
+  _check_ids(vocab_size, step_tag_id=step_tag_id)
+  cfg, lm, extras, _ = hf.load_backbone(path, dtype, extra_prefixes=("score.",))
+  head, num_classes, hidden = _class_head(extras, cfg.d_model, path)
+  if num_classes < 2:
+    raise ValueError(f"{path} has a {num_classes}-label score head: a softmax needs >= 2 "
+                     "classes (single-label sigmoid heads are not supported)")
+  is_int = isinstance(positive_class, (int, np.integer)) and not isinstance(positive_class, bool)
+  if not (is_int and 0 <= positive_class < num_classes):
+    raise ValueError(f"positive_class {positive_class} outside the head's classes "
+                     f"[0, {num_classes})")
+  vcfg = VerifierConfig(model=cfg, head="class_softmax", step_token_id=int(step_tag_id),
+                        num_classes=num_classes, positive_class=int(positive_class),
+                        class_hidden=hidden)
+  return vcfg, {"lm": lm, "head": head}
+
+
+def _config_vocab_size(path) -> int:
+  with open(os.path.join(os.fspath(path), hf.CONFIG_FILE)) as fh:
+    vocab_size = json.load(fh).get("vocab_size")
+  if not isinstance(vocab_size, int):
+    raise ValueError(f"{path}/{hf.CONFIG_FILE} has no integer 'vocab_size': {vocab_size!r}")
+  return vocab_size
+
+
+def _check_ids(vocab_size: int, **ids: int) -> None:
+  for name, value in ids.items():
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise TypeError(f"{name} must be an int token id (resolve strings with the "
+                      f"checkpoint's tokenizer), got {value!r}")
+    if not 0 <= value < vocab_size:
+      raise ValueError(f"{name} {value} is outside the checkpoint's vocabulary "
+                       f"[0, {vocab_size})")
+
+
+def _class_head(extras: dict[str, np.ndarray], d: int, path) -> tuple[dict, int, int]:
+  """score.* tensors -> (head params in `position_logits`' layout, classes, hidden width).
+
+  Torch Linear weights are [out, in]; ours are [in, out]. A missing bias is zero.
+  """
+  names = set(extras)
+
+  def shaped(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    x = extras[name]
+    if x.shape != shape:
+      raise ValueError(f"tensor {name!r} in {path} has shape {x.shape}; expected {shape}")
+    return x
+
+  def bias(name: str, n: int) -> jax.Array:
+    return jnp.asarray(shaped(name, (n,)) if name in extras else np.zeros(n, np.float32))
+
+  if "score.weight" in names and names <= set(_LINEAR_NAMES):
+    w = extras["score.weight"]
+    if w.ndim != 2 or w.shape[1] != d:
+      raise ValueError(f"tensor 'score.weight' in {path} has shape {w.shape}; expected "
+                       f"[num_labels, {d}]")
+    c = w.shape[0]
+    return {"w": jnp.asarray(w.T), "b": bias("score.bias", c)}, c, 0
+  if {"score.0.weight", "score.2.weight"} <= names and names <= set(_HIDDEN_NAMES):
+    w0 = extras["score.0.weight"]
+    if w0.ndim != 2 or w0.shape[1] != d:
+      raise ValueError(f"tensor 'score.0.weight' in {path} has shape {w0.shape}; expected "
+                       f"[hidden, {d}]")
+    h = w0.shape[0]
+    w2 = extras["score.2.weight"]
+    if w2.ndim != 2 or w2.shape[1] != h:
+      raise ValueError(f"tensor 'score.2.weight' in {path} has shape {w2.shape}; expected "
+                       f"[num_labels, {h}]")
+    c = w2.shape[0]
+    head = {"w": jnp.asarray(w2.T), "b": bias("score.2.bias", c),
+            "w_hidden": jnp.asarray(w0.T), "b_hidden": bias("score.0.bias", h)}
+    return head, c, h
+  raise ValueError(f"{path} has score head tensor(s) {sorted(names)}; expected "
+                   f"{list(_LINEAR_NAMES)} (a linear head, bias optional) or "
+                   f"{list(_HIDDEN_NAMES)} (Linear, ReLU, Linear)")
+
+
+# ---------------------------------------------------------------- host-side scoring
+
+class TaggedRows(NamedTuple):
+  """Right-padded (prompt + solution) rows for `score_solutions`.
+
+  tokens [B, T] int32; prompt_lengths, lengths [B] int32. The solution is
+  tokens[prompt_length:length]; a step score is read at every step tag in it.
+  """
+  tokens: np.ndarray
+  prompt_lengths: np.ndarray
+  lengths: np.ndarray
+
+
+def tag_rows(prompt_ids: Sequence[Sequence[int]], step_ids_list: Sequence[Sequence[Sequence[int]]],
+             step_tag_id: int, *, pad_id: int = 0, width: int | None = None) -> TaggedRows:
+  """Rows prompt + step_1 + tag + step_2 + tag + ..., as the PRM was trained on.
+
+  prompt_ids[i]: row i's prompt tokens; step_ids_list[i]: row i's steps, each a
+  non-empty token list without the tag. width: the padded length (default: the
+  longest row); a fixed width avoids recompiling for every batch.
+  """
+  if len(prompt_ids) != len(step_ids_list):
+    raise ValueError(f"{len(prompt_ids)} prompts but {len(step_ids_list)} solutions")
+  rows, prompt_lengths = [], []
+  for i, (prompt, steps) in enumerate(zip(prompt_ids, step_ids_list)):
+    row = [int(t) for t in prompt]
+    prompt_lengths.append(len(row))
+    for j, step in enumerate(steps):
+      step = [int(t) for t in step]
+      if not step:
+        raise ValueError(f"step {j} of solution {i} is empty")
+      if step_tag_id in step:
+        raise ValueError(f"step {j} of solution {i} already contains the step tag "
+                         f"{step_tag_id}: it would be scored as an extra step")
+      row += step + [step_tag_id]
+    rows.append(row)
+  lengths = [len(r) for r in rows]
+  longest = max(lengths, default=0)
+  width = longest if width is None else width
+  if width < longest:
+    raise ValueError(f"width {width} is shorter than the longest row ({longest} tokens)")
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  return TaggedRows(tokens, np.asarray(prompt_lengths, np.int32), np.asarray(lengths, np.int32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _row_scores(vcfg: VerifierConfig, params: dict, tokens, prompt_lengths, lengths):
+  return score_rows(vcfg, params, tokens, prompt_lengths, lengths)[0]
+
+
+def score_solutions(vcfg: VerifierConfig, params: dict, rows: TaggedRows, *,
+                    batch_size: int | None = None) -> list[np.ndarray]:
+  """Per-step probabilities [num_steps] (f32) of each row, read at its step tags.
+
+  One `score_rows` forward pass per batch of `batch_size` rows (default: all;
+  the last batch is padded with empty rows so every batch has one shape).
+  """
+  tokens = np.asarray(rows.tokens, np.int32)
+  prompt_lengths = np.asarray(rows.prompt_lengths, np.int32)
+  lengths = np.asarray(rows.lengths, np.int32)
+  b, t = tokens.shape
+  if prompt_lengths.shape != (b,) or lengths.shape != (b,):
+    raise ValueError(f"prompt_lengths {prompt_lengths.shape} and lengths {lengths.shape} must "
+                     f"be [{b}] for tokens {tokens.shape}")
+  if np.any(prompt_lengths < 0) or np.any(prompt_lengths > lengths) or np.any(lengths > t):
+    raise ValueError("need 0 <= prompt_length <= length <= tokens.shape[1] for every row")
+  pos = np.arange(t)[None, :]
+  used = tokens[pos < lengths[:, None]]
+  v = vcfg.model.vocab_size
+  if used.size and (used.min() < 0 or used.max() >= v):
+    bad = used[(used < 0) | (used >= v)][0]
+    raise ValueError(f"token id {bad} is outside the verifier's vocabulary [0, {v})")
+  if b == 0:
+    return []
+  size = b if batch_size is None else int(batch_size)
+  if size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  scores = []
+  for lo in range(0, b, size):
+    n = min(size, b - lo)
+    pad = lambda x: np.concatenate([x[lo:lo + n], np.zeros((size - n,) + x.shape[1:], x.dtype)])
+    got = _row_scores(vcfg, params, jnp.asarray(pad(tokens)), jnp.asarray(pad(prompt_lengths)),
+                         jnp.asarray(pad(lengths)))
+    scores.append(np.asarray(got, np.float32)[:n])
+  scores = np.concatenate(scores)
+  tags = (tokens == vcfg.step_token_id) & (pos >= prompt_lengths[:, None]) & (
+      pos < lengths[:, None])
+  return [scores[i][tags[i]] for i in range(b)]
+
+
+__all__ = ["FORMATS", "TaggedRows", "load_hf_prm", "score_solutions", "tag_rows"]
