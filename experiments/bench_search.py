@@ -278,7 +278,7 @@ def host_loop_stepwise(m: Models, prompts: list[list[int]], scfg: SearchConfig, 
     seqs = [prompts[i // n] + sol[i] for i in active]
     out = generate(m.pcfg, m.pparams, _pad_rows(seqs, size), max_new_tokens=scfg.max_step_tokens,
                    sampler=scfg.sampler, seed=(seed * 1_000_003 + rounds) % 2**32,
-                   stop_tokens=[m.vcfg.step_delimiter, tok.eos_id], pad_id=tok.pad_id,
+                   stop_tokens=[*m.vcfg.step_delimiters, tok.eos_id], pad_id=tok.pad_id,
                    row_streams=np.pad(active, (0, size - len(active))), mesh=mesh)
     new_tokens, new_lengths = np.asarray(out.tokens), np.asarray(out.lengths)  # copy back
     grew = np.zeros(r, bool)
@@ -361,7 +361,7 @@ def host_dispatch_search(m: Models, prompts: list[list[int]], scfg: SearchConfig
   q = len(prompts)
   streams = jnp.arange(q, dtype=jnp.uint32)
   seed_arr = jnp.asarray(seed, jnp.uint32)
-  stops = jnp.asarray([m.vcfg.step_delimiter, tok.eos_id], jnp.int32)
+  stops = jnp.asarray([*m.vcfg.step_delimiters, tok.eos_id], jnp.int32)
   if scfg.method == "best_of_n":
     next_logits, cache, verifier = jax.block_until_ready(_prefill_prompts(
         m.pcfg, m.vcfg, m.pparams, m.vparams, jnp.asarray(tokens), jnp.asarray(lengths)))
@@ -419,8 +419,8 @@ def scoring_rows(m: Models, prompts: list[list[int]], out: SearchOutput) -> Scor
       row = prompt + content
       p = len(prompt)
       # As `step_positions`: every step tag, plus an unterminated last token.
-      end = [p + j for j, t in enumerate(content) if t == m.vcfg.step_delimiter]
-      if content and content[-1] != m.vcfg.step_delimiter:
+      end = [p + j for j, t in enumerate(content) if t in m.vcfg.step_delimiters]
+      if content and content[-1] not in m.vcfg.step_delimiters:
         end.append(len(row) - 1)
       rows.append(row)
       plens.append(p)

@@ -206,6 +206,10 @@ class Stages:
     return {n: (self.done(n) or {}).get("wall_s") for n in self.names}
 
 
+# How the work is run, not what it computes (the same lines): may change between runs.
+_UNPINNED = frozenset({"few_compiles"})
+
+
 def check_preset(out_dir: str, preset: Preset) -> None:
   """Pins OUT to one preset: a rerun with other settings would mix results."""
   from ttc_jax.checkpoints import write_json_atomic
@@ -219,13 +223,14 @@ def check_preset(out_dir: str, preset: Preset) -> None:
     added = sorted(k for k in set(current) - set(saved) if current[k] is not None)
     differ = sorted(k for k in set(saved) | set(current)
                     if k not in added and saved.get(k) != current.get(k))
-    if differ:
+    if set(differ) - _UNPINNED:
       raise ValueError(f"{out_dir} holds a reproduction with other settings (differs in "
                        f"{differ}); use a new --out_dir")
     if added:
       marker = os.path.join(out_dir, "stages", "report.json")
       if os.path.exists(marker):
         os.remove(marker)
+    if added or differ:
       write_json_atomic(path, current)
   else:
     os.makedirs(out_dir, exist_ok=True)

@@ -33,7 +33,8 @@ Face Llama / Qwen2 folder with its tokenizer; --prm_hf=DIR a PRM folder that
 shares it (--prm_format good_token: P(--prm_good_token) vs --prm_bad_token at
 --prm_step_tag; class_softmax: a classification head's positive class there).
 The policy's steps end at its newline; the PRM sees its tag in the newline's
-place (`VerifierConfig.delimiter_id`).
+place (`VerifierConfig.delimiter_ids`: with a real tokenizer every token that
+holds a newline, e.g. Llama-3's ".\n", ends a step).
 
 Questions: the --split of --dataset ("arithmetic" = the policy run's built-in
 task; "math500" / "gsm8k" = a JSONL from --data_path, 4-shot prompts, answers
@@ -170,7 +171,7 @@ class HfPrm:
   head at the step tag, Qwen2.5-Math-PRM style) or "auto" (from config.json).
   step_tag: the token the PRM reads after each step (e.g. "ки", "<extra_0>");
   None: the policy's step delimiter itself. In search the policy's delimiter
-  is shown to the PRM as this tag (`VerifierConfig.delimiter_id`).
+  is shown to the PRM as this tag (`VerifierConfig.delimiter_ids`).
   """
   path: str
   format: str = "auto"
@@ -373,9 +374,9 @@ def load_prm(spec: str, pcfg, pparams, tokenizer) -> tuple[VerifierConfig, dict]
     raise ValueError(f"the verifier at {spec} was trained with a different tokenizer than the "
                      "policy: they must share token ids")
   check_compatible(vcfg, pcfg)
-  if vcfg.step_delimiter != tokenizer.newline_id:
-    raise ValueError(f"the verifier scores at token {vcfg.step_delimiter}, but the policy's step "
-                     f"delimiter is {tokenizer.newline_id}")
+  if tokenizer.newline_id not in vcfg.step_delimiters:
+    raise ValueError(f"the verifier scores at tokens {vcfg.step_delimiters}, but the policy's "
+                     f"step delimiter is {tokenizer.newline_id}")
   return vcfg, vparams
 
 
@@ -423,7 +424,16 @@ def load_hf_prm_spec(spec: HfPrm, pcfg, tokenizer) -> tuple[VerifierConfig, dict
   check_same_tokenizer(spec.path, tokenizer)
   vcfg, params = load_hf_prm(spec.path, fmt, step_tag_id=tag, dtype=pcfg.dtype, **ids)
   check_compatible(vcfg, pcfg)
-  return (vcfg if tag == delimiter else vcfg.replace(delimiter_id=delimiter)), params
+  return with_step_ends(vcfg if tag == delimiter else vcfg.replace(delimiter_ids=(delimiter,)),
+                        tokenizer), params
+
+
+def with_step_ends(vcfg: VerifierConfig, tokenizer) -> VerifierConfig:
+  """Steps end at every token holding a newline (`tokenizer.step_end_ids`): one
+  for the built-in tokenizer, many for real ones."""
+  from ttc_jax.tokenizer import step_end_ids
+  ends = step_end_ids(tokenizer)
+  return vcfg if ends == vcfg.step_delimiters else vcfg.replace(delimiter_ids=ends)
 
 
 def load_policy_any(opts: Options) -> tuple:
@@ -686,6 +696,8 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   pcfg, pparams, tokenizer = load_policy_any(opts)
   vcfg, vparams = (load_hf_prm_spec(opts.prm_hf, pcfg, tokenizer) if opts.prm_hf else
                    load_prm(opts.prm, pcfg, pparams, tokenizer))
+  if opts.policy_hf:
+    vcfg = with_step_ends(vcfg, tokenizer)
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
       c.method == REVISIONS for c in configs) else None
   revision_scorer = (load_prm(opts.revision_verifier, pcfg, pparams, tokenizer)

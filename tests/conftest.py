@@ -169,6 +169,14 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "background(*names): the test needs these module functions run as background "
       "jobs (tests/conftest.py)")
+  config.addinivalue_line("markers", "late: run after the other tests (tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `late` run last, in their order: their background jobs then
+  overlap every other test instead of being waited for early."""
+  items[:] = ([i for i in items if i.get_closest_marker("late") is None] +
+              [i for i in items if i.get_closest_marker("late") is not None])
 
 
 def pytest_collection_finish(session):

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttc_jax.tokenizer import (HF_CONFIG_FILENAME, HF_TOKENIZER_FILENAME, MODEL_FILENAME,
-                               HFTokenizer, Tokenizer, load_tokenizer, tokenizer_from_files)
+                               HFTokenizer, Tokenizer, load_tokenizer, step_end_ids,
+                               tokenizer_from_files)
 
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 CHAT_TEMPLATE = (
@@ -365,3 +366,37 @@ def test_training_run_dir_keeps_a_given_hf_tokenizer(hf_tok, tmp_path):
     del rec["files_b64"]  # as for a real tokenizer.json (too large to embed)
     assert _load_or_build_tokenizer(None, out, rec, None) == hf_tok
     assert sorted(os.listdir(out)) == [HF_TOKENIZER_FILENAME, HF_CONFIG_FILENAME]
+
+
+def test_step_end_ids_are_every_token_holding_a_newline(hf_tok, sp_tok):
+    for tok in (hf_tok, sp_tok):
+        ends = step_end_ids(tok)
+        assert tok.newline_id in ends
+        want = [i for i in range(tok.vocab_size) if "\n" in tok.decode([i])]
+        assert set(want) <= set(ends) and len(ends) <= len(want) + 1
+
+
+
+def test_step_end_ids_include_fused_newlines(tmp_path):
+    """Like Llama-3's ".\n" and "\n\n": tokens that end a step without a lone newline."""
+    from tokenizers import Tokenizer as Fast
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    fast = Fast(models.BPE())
+    # Llama-3's split: punctuation keeps its trailing newlines, newline runs stay together.
+    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+             r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    fast.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    fast.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False, special_tokens=[BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    fast.train_from_iterator(["Add 2.\n\nThen 3.\n\nSo 5.\n"] * 50, trainer)
+    fast.save(str(tmp_path / HF_TOKENIZER_FILENAME))
+    (tmp_path / HF_CONFIG_FILENAME).write_text(json.dumps({"bos_token": BOS, "eos_token": EOS}))
+    tok = load_tokenizer(str(tmp_path))
+    fused = {tok.decode([i]) for i in step_end_ids(tok)} - {"\n"}
+    assert {".\n\n", ".\n"} <= fused
+    ids = tok.encode("Add 2.\n\nThen 3.\n")
+    assert tok.newline_id not in ids  # no lone newline anywhere: fused tokens end the steps
+    assert sum(i in step_end_ids(tok) for i in ids) == 2

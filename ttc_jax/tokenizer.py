@@ -437,6 +437,16 @@ class HFTokenizer:
         return hash((self._json, self._config_bytes))
 
 
+def step_end_ids(tokenizer: Tokenizer | HFTokenizer) -> tuple[int, ...]:
+    """Every token whose text holds the step delimiter "\n": where the policy's
+    steps end. The built-in tokenizer has one; real ones fuse the newline into
+    others (Llama-3's ".\n", "\n\n"), so a step can end without a lone "\n"."""
+    ends = [i for i in range(tokenizer.vocab_size) if STEP_DELIMITER in tokenizer.decode([i])]
+    if tokenizer.newline_id not in ends:  # e.g. a sentencepiece "▁"-prefixed byte piece
+        ends.append(tokenizer.newline_id)
+    return tuple(sorted(ends))
+
+
 def tokenizer_from_files(files: Mapping[str, bytes]) -> Tokenizer | HFTokenizer:
     """The tokenizer whose `files()` these are (e.g. a checkpoint's embedded copy)."""
     if HF_TOKENIZER_FILENAME in files:

@@ -25,8 +25,8 @@ def _command(out_dir, *extra):
           "--noprogress", *extra]
 
 
-def _env():
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _env(base=None):
+  env = dict(os.environ if base is None else base, PYTHONUNBUFFERED="1")
   env.pop("JAX_NUM_CPU_DEVICES", None)  # the script picks two CPU devices itself
   return env
 
@@ -38,9 +38,9 @@ def _complete_lines(path):
     return sum(1 for line in f if line.endswith("\n"))
 
 
-def _kill_once_lines_appear(out_dir, timeout_s=600):
+def _kill_once_lines_appear(out_dir, env, timeout_s=600):
   """Starts the smoke run and SIGKILLs it once the sweep has written a batch."""
-  proc = subprocess.Popen(_command(out_dir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+  proc = subprocess.Popen(_command(out_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   sweep = os.path.join(out_dir, "sweep", "results.jsonl")
   deadline = time.time() + timeout_s
@@ -57,21 +57,36 @@ def _kill_once_lines_appear(out_dir, timeout_s=600):
   return _complete_lines(sweep)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("reproduce_smoke"))
-  lines_at_kill = _kill_once_lines_appear(out)
+def _smoke_run(job):
+  """A background job (tests/conftest.py): the smoke reproduction, killed
+  mid-sweep, then resumed to the end. Its tests run last (`late`), so the
+  ~3-minute run overlaps the rest of the suite."""
+  out = str(job.dir)
+  env = _env(job.env)
+  lines_at_kill = _kill_once_lines_appear(out, env)
   stages_at_kill = sorted(os.listdir(os.path.join(out, "stages")))
-  done = subprocess.run(_command(out), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=900)
-  assert done.returncode == 0, done.stdout + done.stderr
+  done = job.run(_command(out), env=env, timeout=900, cwd=ROOT)
   with open(os.path.join(out, "results.json")) as f:
     results = json.load(f)
   return dict(out=out, lines_at_kill=lines_at_kill, stages_at_kill=stages_at_kill,
               log=done.stderr, results=results)
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def smoke_run(background):
+  return background.result(_smoke_run)
+
+
+_SMOKE = [pytest.mark.slow, pytest.mark.late, pytest.mark.background("_smoke_run")]
+
+
+def _smoke_test(fn):
+  for mark in _SMOKE:
+    fn = mark(fn)
+  return fn
+
+
+@_smoke_test
 def test_killed_mid_sweep_resumes_without_redoing_finished_stages(smoke_run):
   out, log = smoke_run["out"], smoke_run["log"]
   # Killed inside the sweep: the stages before it were finished, and the rerun skipped them.
@@ -104,7 +119,7 @@ def test_killed_mid_sweep_resumes_without_redoing_finished_stages(smoke_run):
   assert other.returncode != 0 and "questions" in other.stderr and "new --out_dir" in other.stderr
 
 
-@pytest.mark.slow
+@_smoke_test
 def test_report_structure_and_consistency(smoke_run):
   out, results = smoke_run["out"], smoke_run["results"]
   preset = reproduce.get_preset("smoke")
@@ -166,7 +181,7 @@ def test_report_structure_and_consistency(smoke_run):
   assert "within-question AUC" in report and "## FLOPs-matched comparison" in report
 
 
-@pytest.mark.slow
+@_smoke_test
 def test_revisions_section(smoke_run):
   """The revision stages ran (the smoke policy as its own revision model) and
   results.json's `revisions` section is what their lines give."""
@@ -247,3 +262,7 @@ def test_a_preset_gaining_a_stage_keeps_finished_stages(tmp_path):
   import dataclasses
   with pytest.raises(ValueError, match="questions"):
     reproduce.check_preset(str(tmp_path), dataclasses.replace(smoke, questions=30))
+  # few_compiles changes how the sweep compiles, not its lines: not pinned.
+  reproduce.check_preset(str(tmp_path), dataclasses.replace(smoke, few_compiles=False))
+  assert json.loads((tmp_path / "preset.json").read_text())["few_compiles"] is False
+  assert sorted(os.listdir(tmp_path / "stages")) == ["sweep.json"]

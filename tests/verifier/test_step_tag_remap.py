@@ -13,14 +13,16 @@ from ttc_jax.verifier import VerifierConfig, init_verifier, step_scores
 from ttc_jax.verifier.model import extend, start
 
 CFG = tiny_config()
-STEP, TAG, EOS = 22, 7, 15  # the policy's delimiter, the PRM's tag, EOS
+# The policy's delimiters (a lone newline and a fused one, like Llama-3's ".\n"),
+# the PRM's tag, EOS.
+STEP, STEP2, TAG, EOS = 22, 40, 7, 15
 TAGGED = VerifierConfig(model=CFG, head="value", step_token_id=TAG)
-REMAPPED = TAGGED.replace(delimiter_id=STEP)
+REMAPPED = TAGGED.replace(delimiter_ids=(STEP, STEP2))
 _step_scores = jax.jit(step_scores, static_argnums=0, static_argnames=("max_steps",))
 
 # Prompts hold the delimiter too: the prompt is shown to the PRM as it is.
 PROMPTS = [[1, 5, STEP, 6], [1, 9, 9]]
-SOLUTIONS = [[4, 4, STEP, 8, STEP, 3], [11, STEP, 12, 13, STEP]]
+SOLUTIONS = [[4, 4, STEP, 8, STEP2, 3], [11, STEP2, 12, 13, STEP]]
 WIDTH = 16
 
 
@@ -37,7 +39,7 @@ def _rows(solutions):
 
 
 def _tag_written_in(solution):
-  return [TAG if t == STEP else t for t in solution]
+  return [TAG if t in (STEP, STEP2) else t for t in solution]
 
 
 def test_scores_equal_rows_with_the_tag_written_in(params):
@@ -62,8 +64,8 @@ def test_incremental_scoring_equals_one_pass(params):
   chunk = jnp.asarray([s + [0] * (8 - len(s)) for s in SOLUTIONS])
   _, prefix = extend(REMAPPED, params, state, chunk, jnp.asarray([len(s) for s in SOLUTIONS]))
   for r, sol in enumerate(SOLUTIONS):
-    at = [i for i, t in enumerate(sol) if t == STEP]
-    at += [len(sol) - 1] if sol[-1] != STEP else []
+    at = [i for i, t in enumerate(sol) if t in (STEP, STEP2)]
+    at += [len(sol) - 1] if sol[-1] not in (STEP, STEP2) else []
     np.testing.assert_allclose(np.asarray(prefix[r, at]), np.asarray(want[r, :len(at)]),
                                rtol=1e-5, atol=1e-6)
     assert int(mask[r].sum()) == len(at)
@@ -79,7 +81,6 @@ def test_search_ends_steps_at_the_policy_delimiter(params, method):
   for q, prompt in enumerate(PROMPTS):
     for i in range(4):
       sol = out.tokens[q, i, :out.lengths[q, i]].tolist()
-      assert TAG not in sol[:-1] or STEP in sol  # steps end at STEP, not at the PRM's tag
       if sol and sol[-1] == EOS:
         sol = sol[:-1]
       if not sol:
@@ -88,7 +89,8 @@ def test_search_ends_steps_at_the_policy_delimiter(params, method):
       s, mask = _step_scores(REMAPPED, params, row, jnp.asarray([len(prompt)]),
                              jnp.asarray([len(prompt) + len(sol)]), max_steps=24)
       n_steps = int(out.step_mask[q, i].sum())
-      assert int(np.asarray(mask).sum()) == n_steps == sol.count(STEP) + (sol[-1] != STEP)
+      ends = sum(t in (STEP, STEP2) for t in sol)
+      assert int(np.asarray(mask).sum()) == n_steps == ends + (sol[-1] not in (STEP, STEP2))
       steps_seen += n_steps
       np.testing.assert_allclose(out.step_scores[q, i, :n_steps], np.asarray(s[0, :n_steps]),
                                  rtol=1e-4, atol=1e-6)
@@ -96,6 +98,18 @@ def test_search_ends_steps_at_the_policy_delimiter(params, method):
 
 
 def test_delimiter_outside_the_vocabulary_is_refused():
-  with pytest.raises(ValueError, match="delimiter_id"):
-    TAGGED.replace(delimiter_id=CFG.vocab_size)
-  assert TAGGED.step_delimiter == TAG and REMAPPED.step_delimiter == STEP
+  with pytest.raises(ValueError, match="delimiter_ids"):
+    TAGGED.replace(delimiter_ids=(STEP, CFG.vocab_size))
+  assert TAGGED.step_delimiters == (TAG,) and REMAPPED.step_delimiters == (STEP, STEP2)
+  assert REMAPPED.tag_in_place and not TAGGED.replace(delimiter_ids=(TAG, STEP)).tag_in_place
+  assert VerifierConfig.from_dict(REMAPPED.to_dict()) == REMAPPED  # JSON lists back to a tuple
+
+
+def test_steps_end_at_fused_delimiters_without_a_tag(params):
+  """A PRM whose tag is itself one of the delimiters reads the tokens as they are."""
+  plain = TAGGED.replace(step_token_id=STEP, delimiter_ids=(STEP, STEP2))
+  got, mask = _step_scores(plain, params, *_rows(SOLUTIONS), max_steps=4)
+  want, _ = _step_scores(plain.replace(delimiter_ids=()), params, *_rows(SOLUTIONS), max_steps=4)
+  assert np.asarray(mask).sum(axis=1).tolist() == [3, 2]  # STEP2 ends steps too
+  first = np.asarray(want)[0, :2]  # row 0: STEP at 2 is a step end for both; STEP2 only here
+  np.testing.assert_allclose(np.asarray(got)[0, 0], first[0], rtol=1e-6)

@@ -116,7 +116,7 @@ def _engine_args(pcfg, vcfg, scfg, pparams, vparams, tokens, lengths, seed, stre
   """`run_search`'s positional arguments."""
   return (pcfg, vcfg, scfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
           jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32),
-          jnp.asarray([vcfg.step_delimiter, eos_id], jnp.int32))
+          jnp.asarray([*vcfg.step_delimiters, eos_id], jnp.int32))
 
 
 def compiled_memory(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,

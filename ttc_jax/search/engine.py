@@ -596,7 +596,7 @@ _STATIC = ("pcfg", "vcfg", "scfg", "capacity", "eos_id", "pad_id")
 run_search = jax.jit(_search, static_argnames=_STATIC)
 run_search.__doc__ = """One jitted search over right-padded prompts [Q, P] (lengths [Q]).
 
-stop_tokens [2] = (step delimiter, EOS). Returns a SearchResult over
+stop_tokens [S + 1] = (step delimiters, EOS). Returns a SearchResult over
 R = Q * N rows. Use `ttc_jax.search.search` for lists of token ids.
 """
 

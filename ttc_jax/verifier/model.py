@@ -58,10 +58,12 @@ class VerifierConfig:
   num_classes / positive_class: for "class_softmax".
   class_hidden: for "class_softmax": width of a ReLU hidden layer before the
     class logits (0: a linear head).
-  delimiter_id: the policy's step delimiter when the PRM reads another tag
-    after each step (an imported PRM: "ки", "<extra_0>"); in the solution the
-    verifier sees step_token_id in the delimiter's place, and steps end (and
-    are scored) at the delimiter. -1: the delimiter is step_token_id itself.
+  delimiter_ids: the policy tokens that end a step, where step scores are
+    read; () = (step_token_id,). Real tokenizers fuse the newline into other
+    tokens (Llama-3's ".\n", "\n\n"): each of them ends a step. When
+    step_token_id is not among them (an imported PRM's own tag: "ки",
+    "<extra_0>"), the verifier sees the tag in each delimiter's place in the
+    solution (not the prompt).
   token_init_scale / token_init_bias: the token head's initial (a, b).
   """
   model: ModelConfig
@@ -72,7 +74,7 @@ class VerifierConfig:
   num_classes: int = 2
   positive_class: int = 1
   class_hidden: int = 0
-  delimiter_id: int = -1
+  delimiter_ids: tuple[int, ...] = ()
   token_init_scale: float = 1.0
   token_init_bias: float = 3.0
 
@@ -91,18 +93,24 @@ class VerifierConfig:
         raise ValueError("good_token_id and bad_token_id must differ")
     if self.head == "class_softmax" and not 0 <= self.positive_class < self.num_classes:
       raise ValueError(f"positive_class {self.positive_class} outside [0, {self.num_classes})")
-    if not -1 <= self.delimiter_id < v:
-      raise ValueError(f"delimiter_id {self.delimiter_id} outside the vocabulary [0, {v}) "
-                       "(-1: none)")
+    bad = [i for i in self.delimiter_ids if not 0 <= i < v]
+    if bad or not isinstance(self.delimiter_ids, tuple):
+      raise ValueError(f"delimiter_ids must be a tuple of ids in [0, {v}), got "
+                       f"{self.delimiter_ids!r}")
     if self.class_hidden < 0:
       raise ValueError(f"class_hidden must be >= 0, got {self.class_hidden}")
     if self.class_hidden and self.head != "class_softmax":
       raise ValueError(f"class_hidden applies to head 'class_softmax' only, not {self.head!r}")
 
   @property
-  def step_delimiter(self) -> int:
-    """The policy token that ends a step (where step scores are read)."""
-    return self.step_token_id if self.delimiter_id < 0 else self.delimiter_id
+  def step_delimiters(self) -> tuple[int, ...]:
+    """The policy tokens that end a step (where step scores are read)."""
+    return self.delimiter_ids or (self.step_token_id,)
+
+  @property
+  def tag_in_place(self) -> bool:
+    """Whether the verifier reads its tag in place of the policy's delimiters."""
+    return self.step_token_id not in self.step_delimiters
 
   @property
   def cumulative(self) -> bool:
@@ -121,6 +129,7 @@ class VerifierConfig:
   def from_dict(cls, d: dict) -> "VerifierConfig":
     d = dict(d)  # fields added later (class_hidden) keep their defaults when absent
     d["model"] = ModelConfig.from_dict(d["model"])
+    d["delimiter_ids"] = tuple(d.get("delimiter_ids", ()))  # a JSON list
     return cls(**d)
 
   def num_params(self) -> int:
@@ -227,11 +236,16 @@ def _prefix_scores(vcfg: VerifierConfig, logit: jax.Array, scored: jax.Array,
 
 
 def shown_tokens(vcfg: VerifierConfig, tokens: jax.Array) -> jax.Array:
-  """Solution tokens as the verifier reads them: the policy's step delimiter
-  replaced by the PRM's step tag (`VerifierConfig.delimiter_id`)."""
-  if vcfg.delimiter_id < 0:
+  """Solution tokens as the verifier reads them: the policy's step delimiters
+  replaced by the PRM's step tag when it is not one (`VerifierConfig.delimiter_ids`)."""
+  if not vcfg.tag_in_place:
     return tokens
-  return jnp.where(tokens == vcfg.delimiter_id, vcfg.step_token_id, tokens)
+  return jnp.where(is_step_end(vcfg, tokens), vcfg.step_token_id, tokens)
+
+
+def is_step_end(vcfg: VerifierConfig, tokens: jax.Array) -> jax.Array:
+  """bool, tokens' shape: which tokens end a step."""
+  return jnp.isin(tokens, jnp.asarray(vcfg.step_delimiters, tokens.dtype))
 
 
 # ---------------------------------------------------------------- one-pass scoring
@@ -264,7 +278,7 @@ def step_positions(vcfg: VerifierConfig, tokens: jax.Array, prompt_lengths: jax.
   e.g. a solution cut at its token limit: `split_steps` counts it too)."""
   pos = jnp.arange(tokens.shape[1])[None, :]
   solution = (pos >= prompt_lengths[:, None]) & (pos < lengths[:, None])
-  return solution & ((tokens == vcfg.step_delimiter) | (pos == lengths[:, None] - 1))
+  return solution & (is_step_end(vcfg, tokens) | (pos == lengths[:, None] - 1))
 
 
 def compact(values: jax.Array, where: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
