@@ -424,8 +424,7 @@ def load_hf_prm_spec(spec: HfPrm, pcfg, tokenizer) -> tuple[VerifierConfig, dict
   check_same_tokenizer(spec.path, tokenizer)
   vcfg, params = load_hf_prm(spec.path, fmt, step_tag_id=tag, dtype=pcfg.dtype, **ids)
   check_compatible(vcfg, pcfg)
-  return with_step_ends(vcfg if tag == delimiter else vcfg.replace(delimiter_ids=(delimiter,)),
-                        tokenizer), params
+  return (vcfg if tag == delimiter else vcfg.replace(delimiter_ids=(delimiter,))), params
 
 
 def with_step_ends(vcfg: VerifierConfig, tokenizer) -> VerifierConfig:
@@ -696,8 +695,7 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   pcfg, pparams, tokenizer = load_policy_any(opts)
   vcfg, vparams = (load_hf_prm_spec(opts.prm_hf, pcfg, tokenizer) if opts.prm_hf else
                    load_prm(opts.prm, pcfg, pparams, tokenizer))
-  if opts.policy_hf:
-    vcfg = with_step_ends(vcfg, tokenizer)
+  vcfg = with_step_ends(vcfg, tokenizer)  # once: a real vocabulary takes seconds to scan
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
       c.method == REVISIONS for c in configs) else None
   revision_scorer = (load_prm(opts.revision_verifier, pcfg, pparams, tokenizer)
