@@ -408,15 +408,11 @@ def check_same_tokenizer(path: str, tokenizer) -> None:
 
 def load_hf_prm_spec(spec: HfPrm, pcfg, tokenizer) -> tuple[VerifierConfig, dict]:
   """(vcfg, params) of --prm_hf; the PRM must share the policy's tokenizer."""
-  from ttc_jax import hf
-  from ttc_jax.verifier.hf_prm import load_hf_prm
+  from ttc_jax.verifier.hf_prm import load_hf_prm, resolve_format
   delimiter = tokenizer.newline_id
   tag = delimiter if spec.step_tag is None else single_token_id(tokenizer, spec.step_tag,
                                                                 "--prm_step_tag")
-  fmt = spec.format
-  if fmt == "auto":  # a causal LM reads good vs bad tokens; a classifier its classes
-    causal = hf.checkpoint_architecture(spec.path) in hf.SUPPORTED_ARCHITECTURES
-    fmt = "good_token" if causal else "class_softmax"
+  fmt = resolve_format(spec.path, spec.format)  # good / bad tokens only for "good_token"
   ids = {}
   if fmt == "good_token":
     ids = dict(good_token_id=single_token_id(tokenizer, spec.good_token, "--prm_good_token"),

@@ -77,6 +77,17 @@ _LINEAR_NAMES = ("score.weight", "score.bias")
 
 # ---------------------------------------------------------------- loading
 
+def resolve_format(path, fmt: str = "auto") -> str:
+  """fmt, with "auto" picked from config.json's architecture: a causal LM reads
+  good vs bad tokens ("good_token"), a classifier its classes ("class_softmax")."""
+  if fmt not in FORMATS:
+    raise ValueError(f"PRM format must be one of {FORMATS}, got {fmt!r}")
+  if fmt != "auto":
+    return fmt
+  causal = hf.checkpoint_architecture(path) in hf.SUPPORTED_ARCHITECTURES
+  return "good_token" if causal else "class_softmax"
+
+
 def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int, good_token_id: int | None = None,
                 bad_token_id: int | None = None, positive_class: int = 1,
                 dtype: str = "float32") -> tuple[VerifierConfig, dict]:
@@ -87,13 +98,10 @@ def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int, good_token_id: int
   P(positive_class)) or "auto" (picked from config.json's architecture).
   dtype: the backbone's dtype ("float32" or "bfloat16"); the head stays f32.
   """
-  if fmt not in FORMATS:
-    raise ValueError(f"PRM format must be one of {FORMATS}, got {fmt!r}")
+  fmt = resolve_format(path, fmt)
   arch = hf.checkpoint_architecture(path)
   vocab_size = _config_vocab_size(path)  # ids are checked before the weights are read
   is_lm = arch in hf.SUPPORTED_ARCHITECTURES
-  if fmt == "auto":
-    fmt = "good_token" if is_lm else "class_softmax"
   if fmt == "good_token" and not is_lm:
     raise ValueError(f"format 'good_token' reads LM logits, but {path} is a {arch} (a "
                      "classification head, no LM head): use fmt='class_softmax'")
