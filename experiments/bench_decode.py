@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttc_jax import atomic
 from ttc_jax import hf as hf_io
 from ttc_jax.bench_configs import get_config
 from ttc_jax.decode import Greedy, Temperature, generate
@@ -390,19 +391,9 @@ def emit_line(line: dict, print_fn) -> dict:
 
 
 def write_jsonl_atomic(path: str, lines: Sequence[dict]) -> None:
-  """Writes one JSON object per line to `path` via a temp file + os.replace."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w") as fh:
-      for line in lines:
-        fh.write(json.dumps(line) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """One JSON object per line, written atomically (its folder made if missing)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  atomic.write_lines(path, (json.dumps(line) for line in lines))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -18,6 +18,7 @@ from typing import Any
 from absl import app, flags
 import tqdm
 
+from ttc_jax.atomic import write_json  # not checkpoints: grading needs no JAX
 from ttc_jax.tasks import get_task
 from ttc_jax.tasks.benchmarks import BenchmarkTask, gsm8k_uid
 
@@ -86,16 +87,6 @@ def grade_predictions(task: BenchmarkTask, rows: list[tuple[Any, str, str]],
           "accuracy": n_correct / len(items), "timed_out": task.timed_out, "correct": items}
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  # Kept here so grading does not import the JAX / orbax checkpoint stack.
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def define_flags() -> None:
   flags.DEFINE_enum("dataset", None, sorted(ID_KEYS), "Which benchmark the predictions are for.")
   flags.DEFINE_string("data_path", None, "The dataset's JSONL file (default: the shared copy, "
@@ -122,7 +113,7 @@ def main(argv):
   result["predictions"] = os.path.abspath(FLAGS.predictions)
   out_dir = os.path.dirname(os.path.abspath(FLAGS.json_out))
   os.makedirs(out_dir, exist_ok=True)
-  write_json_atomic(FLAGS.json_out, result)
+  write_json(FLAGS.json_out, result)
   print(f"{result['dataset']}: accuracy {result['accuracy']:.4f} over {result['n']} answers "
         f"({result['timed_out']} timed out); wrote {FLAGS.json_out}")
 

@@ -409,15 +409,14 @@ def build_results(preset: Preset, out: str, stage_summaries: dict, walls: dict) 
 def report_stage(preset: Preset, out: str, stage_summaries: dict, walls: dict,
                  log: Callable[[str], None]) -> dict:
   from ttc_jax.analysis.report import render_report, write_plots
+  from ttc_jax.atomic import atomic_open
   from ttc_jax.checkpoints import write_json_atomic
   results = build_results(preset, out, stage_summaries, walls)
   results["plots"] = write_plots(results, out)
   write_json_atomic(os.path.join(out, "results.json"), results)
   text = render_report(results)
-  tmp = os.path.join(out, "report.md.tmp")
-  with open(tmp, "w") as f:
+  with atomic_open(os.path.join(out, "report.md")) as f:
     f.write(text)
-  os.replace(tmp, os.path.join(out, "report.md"))
   log(f"wrote {os.path.join(out, 'report.md')}, results.json and {len(results['plots'])} plots")
   return {"findings": {f["id"]: f["verdict"] for f in results["findings"]}}
 

@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from ttc_jax import atomic
 from ttc_jax import checkpoints as ckpt_lib
 from ttc_jax.train import verifier_train as vt
 from ttc_jax.verifier.data import (SOURCE_SAMPLE, VerifierRows, build_rows, exact_step_labels,
@@ -66,24 +67,11 @@ class PrmDataConfig:
 
 # ---------------------------------------------------------------- dataset cache
 
-def _policy_key(policy_dir: str, params) -> dict:
-  """Identifies the labelling policy: its directory and its weights' fingerprint."""
-  fp = ckpt_lib.fingerprint(params)
-  return {"policy": os.path.abspath(policy_dir),
-          "policy_fingerprint": [int(sum(r[0] for r in fp) % (1 << 32)),
-                                 int(sum(r[1] for r in fp) % (1 << 32))]}
-
-
 def save_rows(path: str, rows: VerifierRows) -> None:
   """VerifierRows -> .npz, atomically (tmp + rename)."""
   arrays = {f.name: getattr(rows, f.name) for f in dataclasses.fields(rows)
             if f.name != "n_dropped"}
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, n_dropped=np.asarray(rows.n_dropped), **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  atomic.save_npz(path, n_dropped=np.asarray(rows.n_dropped), **arrays)
 
 
 def load_rows(path: str) -> VerifierRows:
@@ -103,7 +91,7 @@ def load_or_make_dataset(dcfg: PrmDataConfig, policy_dir: str, cfg, params, toke
   """
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
-  key = dict(dcfg.to_dict(), **_policy_key(policy_dir, params))
+  key = dict(dcfg.to_dict(), **ckpt_lib.weights_key("policy", policy_dir, params))
   # Fields added since a cache was written take their defaults.
   cached = ckpt_lib.cached_report(data_path, report_path, key, "a PRM dataset",
                                   defaults=PrmDataConfig().to_dict())

@@ -55,6 +55,7 @@ from typing import Callable
 
 import numpy as np
 
+from ttc_jax import atomic
 from ttc_jax import checkpoints as ckpt_lib
 from ttc_jax.revision import data as rdata
 from ttc_jax.train.data import DataConfig, Rows
@@ -158,40 +159,13 @@ def choose_step(curve: list[tuple[int, float]]) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- dataset cache
 
-def _policy_key(policy_dir: str, params) -> dict:
-  """Identifies the sampling policy: its directory and its weights' fingerprint."""
-  fp = ckpt_lib.fingerprint(params)
-  return {"policy": os.path.abspath(policy_dir),
-          "policy_fingerprint": [int(sum(r[0] for r in fp) % (1 << 32)),
-                                 int(sum(r[1] for r in fp) % (1 << 32))]}
-
-
-def _save_npz_atomic(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _write_lines_atomic(path: str, objs) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    for obj in objs:
-      f.write(json.dumps(obj, sort_keys=True) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def save_rows(path: str, train: Rows, held: Rows) -> None:
   arrays = {}
   for name, rows in (("train", train), ("held", held)):
     arrays.update({f"{name}_tokens": rows.tokens, f"{name}_mask": rows.mask,
                    f"{name}_lengths": rows.lengths,
                    f"{name}_n_dropped": np.asarray(rows.n_dropped)})
-  _save_npz_atomic(path, **arrays)
+  atomic.save_npz(path, **arrays)
 
 
 def load_rows(path: str) -> tuple[Rows, Rows]:
@@ -247,7 +221,7 @@ def load_or_make_dataset(dcfg: RevisionDataConfig, policy_dir: str, cfg, params,
   matches, else built and cached (the report, holding the key, last)."""
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
-  key = dict(dcfg.to_dict(), **_policy_key(policy_dir, params))
+  key = dict(dcfg.to_dict(), **ckpt_lib.weights_key("policy", policy_dir, params))
   cached = ckpt_lib.cached_report(data_path, report_path, key, "revision data")
   if cached is not None:
     log(f"reusing the cached revision data {data_path}")
@@ -257,7 +231,8 @@ def load_or_make_dataset(dcfg: RevisionDataConfig, policy_dir: str, cfg, params,
                                              batch_size=batch_size, progress=progress,
                                              mesh=mesh)
   save_rows(data_path, train, held)
-  _write_lines_atomic(os.path.join(out_dir, EXAMPLES_FILE), records)
+  atomic.write_lines(os.path.join(out_dir, EXAMPLES_FILE),
+                     (json.dumps(r, sort_keys=True) for r in records))
   ckpt_lib.write_json_atomic(report_path, {"key": key, "stats": stats})
   return train, held, stats, False
 

@@ -75,13 +75,6 @@ class DataConfig:
     return dataclasses.asdict(self)
 
 
-def _model_key(model_dir: str, params) -> dict:
-  fp = ckpt_lib.fingerprint(params)
-  return {"revision_model": os.path.abspath(model_dir),
-          "revision_model_fingerprint": [int(sum(r[0] for r in fp) % (1 << 32)),
-                                         int(sum(r[1] for r in fp) % (1 << 32))]}
-
-
 def load_or_make_dataset(dcfg: DataConfig, model_dir: str, cfg, params, tokenizer, task,
                          out_dir: str, *, batch_questions: int = 0, progress: bool = True,
                          log: Callable[[str], None] = print):
@@ -91,7 +84,7 @@ def load_or_make_dataset(dcfg: DataConfig, model_dir: str, cfg, params, tokenize
   from ttc_jax.revision import verifier as rv
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
-  key = dict(dcfg.to_dict(), **_model_key(model_dir, params))
+  key = dict(dcfg.to_dict(), **ckpt_lib.weights_key("revision_model", model_dir, params))
   cached = ckpt_lib.cached_report(data_path, report_path, key, "revision-verifier data")
   if cached is not None:
     log(f"reusing the cached attempts {data_path}")

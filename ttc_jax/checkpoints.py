@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ttc_jax import atomic
 from ttc_jax.model import ModelConfig, abstract_params
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -65,12 +66,7 @@ def checkpoint_dir(out_dir: str) -> str:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, sort_keys=True)
 
 
 def read_sidecar(out_dir: str) -> dict | None:
@@ -177,6 +173,16 @@ def _fingerprint(tree) -> jax.Array:
 def fingerprint(tree) -> list[list[int]]:
   """Per-leaf [sum of raw bits, position-weighted sum] as Python ints."""
   return np.asarray(jax.device_get(_fingerprint(tree))).astype(np.int64).tolist()
+
+
+def weights_key(role: str, model_dir: str, params) -> dict:
+  """A dataset cache's record of the model that made it: {role: its directory,
+  role_fingerprint: a digest of its weights}, so retrained weights in the same
+  directory invalidate the cache."""
+  fp = fingerprint(params)
+  return {role: os.path.abspath(model_dir),
+          f"{role}_fingerprint": [int(sum(r[0] for r in fp) % (1 << 32)),
+                                  int(sum(r[1] for r in fp) % (1 << 32))]}
 
 
 # ---------------------------------------------------------------- manager

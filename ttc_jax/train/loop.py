@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ttc_jax import atomic
 from ttc_jax import checkpoints as ckpt_lib
 from ttc_jax import perf
 from ttc_jax import sharding as sharding_lib
@@ -213,10 +214,8 @@ def trim_metrics(path: str, last_step: int) -> None:
         continue
       if obj.get("step", 0) <= last_step and obj.get("kind") != "summary":
         keep.append(json.dumps(obj, sort_keys=True) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with atomic.atomic_open(path) as f:
     f.writelines(keep)
-  os.replace(tmp, path)
 
 
 def _load_or_build_tokenizer(preset: Preset, out_dir: str, expected: dict | None, task,
