@@ -26,6 +26,7 @@ FLAGS = flags.FLAGS
 ID_KEYS = {"math500": "unique_id", "gsm8k": "idx"}
 # Below this many predictions grading is quick enough to go without a bar.
 _PROGRESS_MIN = 50
+_CHUNK = 512  # answers per grade_many call
 
 
 def prediction_uid(dataset: str, value: Any, where: str) -> str:
@@ -77,11 +78,16 @@ def grade_predictions(task: BenchmarkTask, rows: list[tuple[Any, str, str]],
     raise ValueError(f"{len(unknown)} prediction ids are not in {task.data_path}: "
                      f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
   items = []
-  bar = tqdm.tqdm(rows, desc="grade", unit="answer",
-                  disable=not progress or len(rows) < _PROGRESS_MIN)
-  for ident, uid, output in bar:
-    correct = task.grade(problems[uid], output)
-    items.append({"id": ident, "correct": bool(correct), "extracted": task.extract_answer(output)})
+  with tqdm.tqdm(total=len(rows), desc="grade", unit="answer",
+                 disable=not progress or len(rows) < _PROGRESS_MIN) as bar:
+    for start in range(0, len(rows), _CHUNK):  # chunks: the bar moves, the workers share each
+      chunk = rows[start:start + _CHUNK]
+      graded = task.grade_many([problems[uid] for _, uid, _ in chunk],
+                               [output for _, _, output in chunk])
+      items.extend({"id": ident, "correct": bool(correct),
+                    "extracted": task.extract_answer(output)}
+                   for (ident, _, output), correct in zip(chunk, graded))
+      bar.update(len(chunk))
   n_correct = sum(item["correct"] for item in items)
   return {"dataset": task.name, "data_path": str(task.data_path), "n": len(items),
           "accuracy": n_correct / len(items), "timed_out": task.timed_out, "correct": items}
@@ -94,6 +100,8 @@ def define_flags() -> None:
   flags.DEFINE_string("predictions", None, "JSONL: id (unique_id / idx) and output per line.")
   flags.DEFINE_string("json_out", None, "Output JSON file (written atomically).")
   flags.DEFINE_float("timeout_s", 5.0, "Grading time limit per answer; slower answers are wrong.")
+  flags.DEFINE_integer("workers", None, "math-verify processes run at once (default: half "
+                       "the CPU cores, at most 8).", lower_bound=1)
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar on long files.")
   for name in ("dataset", "predictions", "json_out"):
     flags.mark_flag_as_required(name)
@@ -102,7 +110,8 @@ def define_flags() -> None:
 def main(argv):
   del argv
   try:
-    task = get_task(FLAGS.dataset, data_path=FLAGS.data_path, grade_timeout_s=FLAGS.timeout_s)
+    task = get_task(FLAGS.dataset, data_path=FLAGS.data_path, grade_timeout_s=FLAGS.timeout_s,
+                    grade_workers=FLAGS.workers)
     rows = read_predictions(FLAGS.predictions, FLAGS.dataset)
     try:
       result = grade_predictions(task, rows, progress=FLAGS.progress)

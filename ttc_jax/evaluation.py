@@ -58,10 +58,11 @@ def sample_solutions(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                    pad_id=tokenizer.pad_id, row_streams=[q * n + s for q, s in padded],
                    mesh=mesh)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)  # one host copy
+    chunk_texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist()) for i in range(len(chunk))]
+    graded = task.grade_many([problems[q] for q, _ in chunk], chunk_texts)
     for i, (q, s) in enumerate(chunk):
-      text = tokenizer.decode(tokens[i, :lengths[i]].tolist())
-      texts[q][s] = text
-      correct[q, s] = task.grade(problems[q], text)
+      texts[q][s] = chunk_texts[i]
+      correct[q, s] = graded[i]
       num_tokens[q, s] = lengths[i]
     if progress is not None:
       progress.update(len(chunk))

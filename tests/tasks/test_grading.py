@@ -231,8 +231,24 @@ def test_grader_copies_start_their_own_worker():
         assert grader.grade("four", "2") is False  # the original still works
 
 
+def test_a_pool_of_workers_grades_as_one_does():
+    pairs = [("two", "2"), ("three", "2"), ("hang", "2"), ("two", "2"), (None, "2"), ("2", "2"),
+             ("raise", "2"), ("four", "2")]
+    want = [True, False, False, True, False, True, False, False]
+    with Grader(timeout_s=1.0, compare=_test_compare, workers=3) as grader:
+        start = time.monotonic()
+        assert grader.grade_many(pairs) == want
+        # "hang" costs its own worker one timeout; the other workers answer meanwhile.
+        assert time.monotonic() - start < 1.0 + 4.0
+        assert grader.workers == 3 and grader.timed_out == 1 and grader.restarts == 1
+        assert grader.grade_many(pairs) == want  # all cached: no second timeout
+        assert grader.timed_out == 1
+
+
 def test_grader_rejects_bad_options():
     with pytest.raises(ValueError, match="timeout_s"):
         Grader(timeout_s=0)
     with pytest.raises(ValueError, match="start_method"):
         Grader(start_method="teleport")
+    with pytest.raises(ValueError, match="workers"):
+        Grader(workers=0)

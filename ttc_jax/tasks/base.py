@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 
 STEP_DELIMITER = "\n"
 
@@ -89,6 +90,13 @@ class Task(abc.ABC):
         """Whether the completion's final answer is right (unparsable = wrong)."""
         answer = self.extract_answer(completion)
         return answer is not None and answer == problem.answer
+
+    def grade_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[bool]:
+        """`grade` of each (problem, completion) pair; tasks with slow graders
+        override it to grade in parallel."""
+        if len(problems) != len(completions):
+            raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+        return [self.grade(p, c) for p, c in zip(problems, completions)]
 
     def split_steps(self, text: str) -> list[str]:
         return split_steps(text)

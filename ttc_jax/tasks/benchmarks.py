@@ -16,9 +16,10 @@ available: train PRMs on the built-in arithmetic task.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,8 @@ class BenchmarkTask(Task):
       test file itself, and no training problems.
     num_shots: worked examples per prompt. shots_seed: which fixed set.
     grade_timeout_s: per-answer grading time limit (see `Grader`).
+    grade_workers: math-verify processes `grade_many` runs at once (MATH;
+      default: half the CPU cores, at most 8, at least 1).
     """
 
     dataset: str
@@ -204,7 +207,7 @@ class BenchmarkTask(Task):
 
     def __init__(self, data_path: str | None = None, shots_path: str | None = None,
                  num_shots: int = DEFAULT_NUM_SHOTS, shots_seed: int = 0,
-                 grade_timeout_s: float = 5.0) -> None:
+                 grade_timeout_s: float = 5.0, grade_workers: int | None = None) -> None:
         if not isinstance(num_shots, int) or num_shots < 0:
             raise ValueError(f"num_shots must be an integer >= 0, got {num_shots!r}")
         self.data_path = resolve_data_path(self.dataset, data_path)
@@ -214,6 +217,8 @@ class BenchmarkTask(Task):
         self.num_shots = num_shots
         self.shots_seed = shots_seed
         self.grade_timeout_s = grade_timeout_s
+        self.grade_workers = (min(8, max(1, (os.cpu_count() or 2) // 2))
+                              if grade_workers is None else grade_workers)
         self._test: list[Problem] | None = None
         self._train: list[Problem] | None = None
         self._candidates: list[Problem] | None = None
@@ -311,7 +316,7 @@ class MathTask(BenchmarkTask):
     @property
     def grader(self) -> Grader:
         if self._grader is None:
-            self._grader = Grader(self.grade_timeout_s)
+            self._grader = Grader(self.grade_timeout_s, workers=self.grade_workers)
         return self._grader
 
     def close(self) -> None:
@@ -333,6 +338,12 @@ class MathTask(BenchmarkTask):
 
     def grade(self, problem: Problem, completion: str) -> bool:
         return self.grader.grade(extract_math_answer(completion), problem.answer)
+
+    def grade_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[bool]:
+        if len(problems) != len(completions):
+            raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+        return self.grader.grade_many(
+            (extract_math_answer(c), p.answer) for p, c in zip(problems, completions))
 
 
 class Gsm8kTask(BenchmarkTask):

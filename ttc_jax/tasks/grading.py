@@ -14,6 +14,7 @@ GSM8K: the number after "####", else after "The answer is", else in the last
 
 from __future__ import annotations
 
+import concurrent.futures
 import decimal
 import math
 import multiprocessing
@@ -309,54 +310,29 @@ def _stop_worker(process: Any, conn: Any) -> None:
     process.join(timeout=5)
 
 
-class Grader:
-    """MATH answer grading with a hard per-answer timeout.
+class _TimedWorker:
+    """One worker process answering compare(pred, ref), killed (and restarted on
+    the next request) past the per-answer timeout. Counts its timeouts,
+    crashes and restarts. One request at a time."""
 
-    The normalised-string fast path runs here; anything else goes to a
-    persistent worker process running `compare` (default `math_equal`). An
-    answer that takes longer than `timeout_s` kills the worker (restarted on
-    the next call) and counts as wrong; `timed_out` counts such answers and
-    `crashed` answers whose worker died. Results are cached per (pred, ref).
-    Not thread-safe; use one Grader per thread.
-
-    start_method: "spawn" (default; safe next to JAX's threads) or "fork" /
-    "forkserver". compare must be picklable (a module-level function).
-    """
-
-    def __init__(self, timeout_s: float = 5.0, *,
-                 compare: Callable[[str, str], bool] = math_equal,
-                 start_method: str = "spawn", startup_timeout_s: float = 120.0) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if start_method not in multiprocessing.get_all_start_methods():
-            raise ValueError(f"start_method {start_method!r} is not one of "
-                             f"{multiprocessing.get_all_start_methods()}")
-        self.timeout_s = float(timeout_s)
+    def __init__(self, timeout_s: float, compare: Callable[[str, str], bool],
+                 start_method: str, startup_timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         self.compare = compare
         self.start_method = start_method
         self.startup_timeout_s = startup_timeout_s
         self.timed_out = 0
         self.crashed = 0
         self.restarts = 0
-        self._cache: dict[tuple[str, str], bool] = {}
         self._process: Any = None
         self._conn: Any = None
         self._finalizer: Any = None
 
-    # A copy (pickle, deepcopy) gets its own worker, started when first needed.
+    # A copy (pickle, deepcopy) gets its own process, started when first needed.
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.update(_process=None, _conn=None, _finalizer=None)
-        return state
-
-    def __enter__(self) -> "Grader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return {**self.__dict__, "_process": None, "_conn": None, "_finalizer": None}
 
     def close(self) -> None:
-        """Stops the worker (a later `grade` starts a new one)."""
         if self._finalizer is not None:
             self._finalizer()  # sends nothing: a kill is as good as a goodbye here
         self._process = self._conn = self._finalizer = None
@@ -378,7 +354,7 @@ class Grader:
             self.close()
             raise RuntimeError(f"the grading worker did not start within {self.startup_timeout_s} s")
 
-    def _ask_worker(self, pred: str, ref: str) -> bool:
+    def ask(self, pred: str, ref: str) -> bool:
         if self._process is None:
             self._start()
         try:
@@ -392,24 +368,114 @@ class Grader:
         self.restarts += 1
         return False
 
-    def grade(self, pred: str | None, ref: str) -> bool:
-        """Whether pred equals ref (None or an unparsable pred: False)."""
+
+class Grader:
+    """MATH answer grading with a hard per-answer timeout.
+
+    The normalised-string fast path runs here; anything else goes to worker
+    processes running `compare` (default `math_equal`). An answer that takes
+    longer than `timeout_s` kills its worker (restarted on the next request)
+    and counts as wrong; `timed_out` counts such answers and `crashed`
+    answers whose worker died. Results are cached per (pred, ref).
+    `grade_many` spreads its distinct uncached answers over `workers`
+    processes at once (math-verify is single-threaded Python: ~13 ms per
+    answer, BUILD_NOTES.md); `grade` uses one. Not thread-safe; use one
+    Grader per thread.
+
+    start_method: "spawn" (default; safe next to JAX's threads) or "fork" /
+    "forkserver". compare must be picklable (a module-level function).
+    """
+
+    def __init__(self, timeout_s: float = 5.0, *,
+                 compare: Callable[[str, str], bool] = math_equal, workers: int = 1,
+                 start_method: str = "spawn", startup_timeout_s: float = 120.0) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start_method {start_method!r} is not one of "
+                             f"{multiprocessing.get_all_start_methods()}")
+        self.timeout_s = float(timeout_s)
+        self._cache: dict[tuple[str, str], bool] = {}
+        # Started lazily: a run whose answers all match as strings starts none.
+        self._workers = [_TimedWorker(self.timeout_s, compare, start_method, startup_timeout_s)
+                         for _ in range(workers)]
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    @property
+    def timed_out(self) -> int:
+        return sum(w.timed_out for w in self._workers)
+
+    @property
+    def crashed(self) -> int:
+        return sum(w.crashed for w in self._workers)
+
+    @property
+    def restarts(self) -> int:
+        return sum(w.restarts for w in self._workers)
+
+    def __enter__(self) -> "Grader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops the workers (a later `grade` starts new ones)."""
+        for worker in self._workers:
+            worker.close()
+
+    def _fast(self, pred: str | None, ref: str) -> bool | None:
+        """The answer without a worker (None: ask one)."""
         if pred is None:
             return False
-        key = (pred, ref)
-        if key in self._cache:
-            return self._cache[key]
+        cached = self._cache.get((pred, ref))
+        if cached is not None:
+            return cached
         try:
-            result = normalize_math_answer(pred) == normalize_math_answer(ref)
+            if normalize_math_answer(pred) == normalize_math_answer(ref):
+                return True
         except Exception:
-            result = False
-        if not result:
-            result = self._ask_worker(pred, ref)
+            pass
+        return None
+
+    def _remember(self, key: tuple[str, str], result: bool) -> None:
         if len(self._cache) >= _MAX_CACHE:
             self._cache.clear()
         self._cache[key] = result
+
+    def grade(self, pred: str | None, ref: str) -> bool:
+        """Whether pred equals ref (None or an unparsable pred: False)."""
+        result = self._fast(pred, ref)
+        if result is None:
+            result = self._workers[0].ask(pred, ref)
+        if pred is not None:
+            self._remember((pred, ref), result)
         return result
 
     def grade_many(self, pairs: Iterable[tuple[str | None, str]]) -> list[bool]:
-        """`grade` over (pred, ref) pairs, in order."""
-        return [self.grade(pred, ref) for pred, ref in pairs]
+        """`grade` over (pred, ref) pairs, in order; the distinct pairs that need
+        math-verify are split over the workers, which run at the same time."""
+        pairs = list(pairs)
+        results = [self._fast(pred, ref) for pred, ref in pairs]
+        asks = list(dict.fromkeys(pair for pair, r in zip(pairs, results) if r is None))
+        answers: dict[tuple[str, str], bool] = {}
+        if asks:
+            used = self._workers[:min(len(self._workers), len(asks))]
+            # One thread per worker process: each waits on its own pipe.
+            with concurrent.futures.ThreadPoolExecutor(len(used)) as pool:
+                shares = pool.map(lambda k: [(pair, used[k].ask(*pair))
+                                             for pair in asks[k::len(used)]], range(len(used)))
+                for share in shares:
+                    answers.update(share)
+        out = []
+        for (pred, ref), result in zip(pairs, results):
+            result = answers[(pred, ref)] if result is None else result
+            if pred is not None:
+                self._remember((pred, ref), result)
+            out.append(result)
+        return out
