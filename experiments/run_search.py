@@ -34,7 +34,10 @@ shares it (--prm_format good_token: P(--prm_good_token) vs --prm_bad_token at
 --prm_step_tag; class_softmax: a classification head's positive class there).
 The policy's steps end at its newline; the PRM sees its tag in the newline's
 place (`VerifierConfig.delimiter_ids`: with a real tokenizer every token that
-holds a newline, e.g. Llama-3's ".\n", ends a step).
+holds a newline, e.g. Llama-3's ".\n", ends a step). On the few-shot datasets
+a solution also ends where its text first ends in a blank line (an empty
+step, or a fused ".\n\n": `ttc_jax.decode.ends`), since base models seldom
+emit EOS after the answer; on the built-in task only on EOS.
 
 Questions: the --split of --dataset ("arithmetic" = the policy run's built-in
 task; "math500" / "gsm8k" = a JSONL from --data_path, 4-shot prompts, answers
@@ -69,14 +72,16 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
 import tqdm
 
+from ttc_jax import atomic
 from ttc_jax.checkpoints import (load_hf_policy, load_policy, load_run_task,
                                  write_json_atomic)
+from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids
 from ttc_jax.revision import select as revision_select
@@ -153,7 +158,7 @@ class Options:
     if self.dataset != "arithmetic":
       extra.update(data_path=self.data_path and os.path.abspath(self.data_path),
                    shots_path=self.shots_path and os.path.abspath(self.shots_path),
-                   num_shots=self.num_shots)
+                   num_shots=self.num_shots, solution_end="eos or blank line")
     return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
@@ -201,16 +206,17 @@ class Config:
       d.update(ratio=self.ratio, parallel=self.parallel, length=self.n // self.parallel)
     return d
 
-  def revision_config(self, opts: Options) -> RevisionConfig:
+  def revision_config(self, opts: Options, ends: SolutionEnds = SolutionEnds()
+                      ) -> RevisionConfig:
     return RevisionConfig(n=self.n, parallel=self.parallel,
                           max_attempt_tokens=opts.max_attempt_tokens,
-                          sampler=Temperature(self.temperature))
+                          sampler=Temperature(self.temperature), ends=ends)
 
-  def search_config(self, opts: Options) -> SearchConfig:
+  def search_config(self, opts: Options, ends: SolutionEnds = SolutionEnds()) -> SearchConfig:
     return SearchConfig(method=self.method, n=self.n, m=self.m or 1, k=self.k,
                         max_rounds=opts.max_rounds, max_step_tokens=opts.max_step_tokens,
                         max_solution_tokens=opts.max_solution_tokens, max_steps=opts.max_steps,
-                        sampler=Temperature(self.temperature),
+                        sampler=Temperature(self.temperature), ends=ends,
                         **(dict(round_widths=1, tail_fraction=0) if opts.few_compiles else {}))
 
   def label(self) -> str:
@@ -423,12 +429,22 @@ def load_hf_prm_spec(spec: HfPrm, pcfg, tokenizer) -> tuple[VerifierConfig, dict
   return (vcfg if tag == delimiter else vcfg.replace(delimiter_ids=(delimiter,))), params
 
 
-def with_step_ends(vcfg: VerifierConfig, tokenizer) -> VerifierConfig:
-  """Steps end at every token holding a newline (`tokenizer.step_end_ids`): one
-  for the built-in tokenizer, many for real ones."""
-  from ttc_jax.tokenizer import step_end_ids
-  ends = step_end_ids(tokenizer)
-  return vcfg if ends == vcfg.step_delimiters else vcfg.replace(delimiter_ids=ends)
+def token_ends(tokenizer, dataset: str) -> tuple[tuple[int, ...], SolutionEnds]:
+  """(the tokens that end a step: every one holding a newline, one for the
+  built-in tokenizer, many for real ones (`tokenizer.step_end_ids`); where a
+  solution ends besides EOS). The few-shot datasets' prompts separate their
+  examples by an empty line, which base models write after an answer instead
+  of EOS: there a solution ends at a blank line (`SolutionEnds`). The
+  built-in task's solutions end with EOS: nothing else."""
+  from ttc_jax.tokenizer import step_end_ids, token_texts
+  texts = token_texts(tokenizer)  # once: a real vocabulary takes seconds to scan
+  ends = SolutionEnds() if dataset == "arithmetic" else SolutionEnds.from_texts(texts)
+  return step_end_ids(tokenizer, texts), ends
+
+
+def with_step_ends(vcfg: VerifierConfig, step_ends: tuple[int, ...]) -> VerifierConfig:
+  """The verifier's config with steps ending at `step_ends` (`token_ends`)."""
+  return vcfg if step_ends == vcfg.step_delimiters else vcfg.replace(delimiter_ids=step_ends)
 
 
 def load_policy_any(opts: Options) -> tuple:
@@ -500,16 +516,6 @@ def line_key(uid: str, config: dict) -> str:
   return json.dumps([uid] + [config.get(f) for f in fields])
 
 
-def _write_lines_atomic(path: str, lines: Iterable[str]) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as fh:
-    for line in lines:
-      fh.write(line + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
-  os.replace(tmp, path)
-
-
 def load_results(path: str, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
   """Finished lines of results.jsonl by key; a torn or unreadable line is dropped
   (the file is rewritten atomically without it)."""
@@ -527,7 +533,7 @@ def load_results(path: str, print_fn: Callable[[str], None] = print) -> dict[str
       dropped += 1
   if dropped or torn:
     print_fn(f"note: dropped {dropped} torn/unreadable line(s) of {path}")
-    _write_lines_atomic(path, (json.dumps(line) for line in good))
+    atomic.write_lines(path, (json.dumps(line) for line in good))
   return {line_key(line["uid"], line["config"]): line for line in good}
 
 
@@ -588,7 +594,9 @@ def result_lines(out: SearchOutput, questions: Sequence[tuple[int, object]], con
   q = len(questions)
   texts = out.texts(tokenizer)[:q]
   answers = [[task.extract_answer(t) for t in row] for row in texts]
-  correct = np.array([[task.grade(p, t) for t in row] for (_, p), row in zip(questions, texts)])
+  flat = task.grade_many([p for (_, p), row in zip(questions, texts) for _ in row],
+                         [t for row in texts for t in row])
+  correct = np.asarray(flat, bool).reshape(q, -1)
   ids = answer_ids(answers)
   scores = {agg: out.scores(agg)[:q] for agg in aggregations}
   chosen = {}
@@ -691,7 +699,8 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   pcfg, pparams, tokenizer = load_policy_any(opts)
   vcfg, vparams = (load_hf_prm_spec(opts.prm_hf, pcfg, tokenizer) if opts.prm_hf else
                    load_prm(opts.prm, pcfg, pparams, tokenizer))
-  vcfg = with_step_ends(vcfg, tokenizer)  # once: a real vocabulary takes seconds to scan
+  step_ends, ends = token_ends(tokenizer, opts.dataset)
+  vcfg = with_step_ends(vcfg, step_ends)
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
       c.method == REVISIONS for c in configs) else None
   revision_scorer = (load_prm(opts.revision_verifier, pcfg, pparams, tokenizer)
@@ -742,11 +751,11 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
                      prompt_streams=[i for i, _ in padded], prompt_width=width)
         if config.method == REVISIONS:  # one device: chains are not sharded over a mesh yet
           out = revise(*reviser, *revision_scorer, [prompts[i] for i, _ in padded],
-                       config.revision_config(opts), max_steps=opts.max_steps,
+                       config.revision_config(opts, ends), max_steps=opts.max_steps,
                        in_context=bool(opts.revision_verifier), **batch)
         else:
           out = search(pcfg, pparams, vcfg, vparams, [prompts[i] for i, _ in padded],
-                       config.search_config(opts), mesh=mesh, **batch)
+                       config.search_config(opts, ends), mesh=mesh, **batch)
         lines = result_lines(out, chunk, config, seed, task, tokenizer, opts.aggregations,
                              opts.selections, opts.write_texts, revision_verifier)
         append_lines(path, lines)

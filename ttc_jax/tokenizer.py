@@ -36,6 +36,7 @@ from typing import Any
 
 import sentencepiece as spm
 
+from ttc_jax.atomic import atomic_open
 from ttc_jax.tasks.base import STEP_DELIMITER, Task
 
 MODEL_FILENAME = "tokenizer.model"
@@ -51,11 +52,9 @@ DUMMY_PREFIX = "\u2581"
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+def _write_bytes(path: str, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
         f.write(data)
-    os.replace(tmp, path)
 
 
 def _single_newline(ids: list[int], piece: Callable[[int], str],
@@ -163,7 +162,7 @@ class Tokenizer:
         """Writes `<directory>/tokenizer.model` (atomically) and returns its path."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, MODEL_FILENAME)
-        _write_atomic(path, self._proto)
+        _write_bytes(path, self._proto)
         return path
 
     @classmethod
@@ -407,9 +406,9 @@ class HFTokenizer:
         """Writes tokenizer_config.json, then tokenizer.json (each atomically)
         into directory; returns the tokenizer.json path."""
         os.makedirs(directory, exist_ok=True)
-        _write_atomic(os.path.join(directory, HF_CONFIG_FILENAME), self._config_bytes)
+        _write_bytes(os.path.join(directory, HF_CONFIG_FILENAME), self._config_bytes)
         path = os.path.join(directory, HF_TOKENIZER_FILENAME)
-        _write_atomic(path, self._json)
+        _write_bytes(path, self._json)
         return path
 
     @classmethod
@@ -437,14 +436,23 @@ class HFTokenizer:
         return hash((self._json, self._config_bytes))
 
 
-def step_end_ids(tokenizer: Tokenizer | HFTokenizer) -> tuple[int, ...]:
+def token_texts(tokenizer: Tokenizer | HFTokenizer) -> list[str]:
+    """Every token id's text on its own; the newline token's is "\n" even where it
+    decodes otherwise (e.g. a sentencepiece "▁"-prefixed byte piece). Seconds
+    for a real vocabulary: compute it once."""
+    texts = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    texts[tokenizer.newline_id] = STEP_DELIMITER
+    return texts
+
+
+def step_end_ids(tokenizer: Tokenizer | HFTokenizer,
+                 texts: Sequence[str] | None = None) -> tuple[int, ...]:
     """Every token whose text holds the step delimiter "\n": where the policy's
     steps end. The built-in tokenizer has one; real ones fuse the newline into
-    others (Llama-3's ".\n", "\n\n"), so a step can end without a lone "\n"."""
-    ends = [i for i in range(tokenizer.vocab_size) if STEP_DELIMITER in tokenizer.decode([i])]
-    if tokenizer.newline_id not in ends:  # e.g. a sentencepiece "▁"-prefixed byte piece
-        ends.append(tokenizer.newline_id)
-    return tuple(sorted(ends))
+    others (Llama-3's ".\n", "\n\n"), so a step can end without a lone "\n".
+    texts: `token_texts(tokenizer)`, when already computed."""
+    texts = token_texts(tokenizer) if texts is None else texts
+    return tuple(i for i, text in enumerate(texts) if STEP_DELIMITER in text)
 
 
 def tokenizer_from_files(files: Mapping[str, bytes]) -> Tokenizer | HFTokenizer:

@@ -20,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.decode.ends import SolutionEnds, blank_line_end
 from ttc_jax.decode.samplers import Greedy, Sampler
 from ttc_jax.model.cache import KVCache
 from ttc_jax.model.config import ModelConfig
@@ -115,7 +116,7 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
            seed: jax.Array, row_streams: jax.Array, max_new: jax.Array, stop_tokens: jax.Array,
            sampler: Sampler, buffer_len: int, pad_id: int = 0,
            active: jax.Array | None = None, max_start: int | None = None,
-           tail_rows: int | None = None) -> DecodeState:
+           tail_rows: int | None = None, ends: SolutionEnds = SolutionEnds()) -> DecodeState:
   """Samples up to max_new[b] tokens per row (max_new [B] <= buffer_len), on device.
 
   A row stops after emitting a token in `stop_tokens` [S] (it is kept and fed
@@ -125,7 +126,9 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
   tail_rows (static): once at most this many rows are still decoding, they
   go on alone in a batch of tail_rows rows (gathered once, written back at
   the end), so the slowest rows do not drag the whole batch through their
-  last steps. Same tokens either way (tested).
+  last steps. Same tokens either way (tested). ends (static): rows also stop
+  where their text first ends in a blank line (`SolutionEnds`; the call's first
+  token starts a line).
   """
   b = next_logits.shape[0]
   capacity = cache.capacity
@@ -139,7 +142,7 @@ def decode(cfg: ModelConfig, params: dict, cache: KVCache, next_logits: jax.Arra
       stopped_on_token=jnp.zeros((b,), bool), step=jnp.zeros((), jnp.int32))
   rows = _RowInputs(row_streams, max_new)
   step = functools.partial(_decode_step, cfg, params, seed=seed, stop_tokens=stop_tokens,
-                           sampler=sampler, pad_id=pad_id, capacity=capacity)
+                           sampler=sampler, pad_id=pad_id, capacity=capacity, ends=ends)
   plan = segment_plan(capacity, max_start, buffer_len)
   state = _run_tails(step, state, rows, plan, tail_sizes(tail_rows, b))
   return dataclasses.replace(state, cache=state.cache.resize(capacity))
@@ -202,7 +205,7 @@ def _run_segments(step, state: DecodeState, rows: _RowInputs, plan, extra_cond=N
 
 
 def _decode_step(cfg, params, s: DecodeState, rows: _RowInputs, *, seed, stop_tokens, sampler,
-                 pad_id, capacity) -> DecodeState:
+                 pad_id, capacity, ends: SolutionEnds) -> DecodeState:
   active_now = ~s.done
   uniforms = row_uniforms(seed, rows.streams, s.cache.lengths)
   token = jnp.where(active_now, sampler.sample(s.next_logits, uniforms), pad_id)
@@ -214,6 +217,8 @@ def _decode_step(cfg, params, s: DecodeState, rows: _RowInputs, *, seed, stop_to
   lengths = jnp.where(active_now, cache.lengths, s.cache.lengths)
   num_new = s.num_new + active_now
   hit_stop = active_now & _is_stop(token, stop_tokens)
+  if ends.active:  # an active row's tokens are its first num_new columns
+    hit_stop = hit_stop | (active_now & blank_line_end(ends, tokens, num_new)[0])
   done = s.done | hit_stop | (num_new >= rows.max_new) | _is_full(lengths, s.cache, capacity)
   return DecodeState(
       cache=cache.replace(lengths=lengths),

@@ -47,7 +47,7 @@ def _revise(pcfg: ModelConfig, vcfg: VerifierConfig, rcfg: RevisionConfig, ppara
                    eos_id=eos_id, pad_id=pad_id)
   r, length, a = chains.tokens.shape
   flat = chains.tokens.reshape(r * length, a)
-  content, _ = content_length(flat, chains.num_new.reshape(-1), eos_id)
+  content, _ = content_length(flat, chains.num_new.reshape(-1), eos_id, rcfg.ends)
   if in_context:  # the revision verifier: the previous attempts are read too
     scores, mask = score_in_context(vcfg, vparams, rcfg, prompts, prompt_lengths, chains,
                                     eos_id=eos_id, pad_id=pad_id, max_steps=max_steps)
@@ -83,6 +83,7 @@ def revise(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   step's re-fed context.
   """
   check_compatible(vcfg, pcfg)
+  rcfg.ends.check_end_steps(vcfg.step_delimiters)
   if not 0 <= eos_id < pcfg.vocab_size:
     raise ValueError(f"eos_id {eos_id} outside the vocabulary [0, {pcfg.vocab_size})")
   tokens, lengths = pad_prompts(prompts, pcfg.vocab_size, pad_id)

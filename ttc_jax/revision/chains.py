@@ -9,7 +9,9 @@ prefills each prompt once; its KV is stored once for the prompt's P chains
   2. feeds the row's context after the prompt: its last `window` attempts,
      each closed by EOS (`ttc_jax.revision.format`), packed left so rows with
      different attempt lengths share one [R, window * (A + 1)] forward pass,
-  3. samples a new attempt of at most A tokens (stopping at EOS),
+  3. samples a new attempt of at most A tokens (stopping at EOS, or with
+     `RevisionConfig.ends` where its text first ends in a blank line: an
+     empty step is then dropped from the attempt as EOS is),
   4. slides the attempt into the row's window, dropping the oldest.
 
 Step 0 has an empty context: it is an ordinary sample from the prompt, and
@@ -28,6 +30,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.loop import decode, prefill
 from ttc_jax.decode.samplers import Sampler, Temperature
 from ttc_jax.model import ModelConfig, init_cache
@@ -48,6 +51,7 @@ class RevisionConfig:
   max_attempt_tokens: tokens one attempt may take (its EOS included).
   window: previous attempts kept in the context (the paper: 4; >= 1, since
     without any the chains are best-of-N).
+  ends: where an attempt ends besides EOS (`SearchConfig.ends`).
   """
   n: int
   parallel: int
@@ -55,6 +59,7 @@ class RevisionConfig:
   window: int = WINDOW
   sampler: Sampler = Temperature(1.0)
   shared_prefix: bool = True
+  ends: SolutionEnds = SolutionEnds()
 
   def __post_init__(self):
     for name in ("n", "parallel", "max_attempt_tokens"):
@@ -89,7 +94,7 @@ class ChainResult:
   """Attempts of R = Q * P chains (device arrays)."""
   tokens: jax.Array  # [R, L, A] attempt tokens (EOS included when emitted), pad after
   num_new: jax.Array  # [R, L] tokens sampled per attempt
-  ended: jax.Array  # [R, L] bool: the attempt ended with EOS
+  ended: jax.Array  # [R, L] bool: the attempt ended with EOS or a blank line
   context: jax.Array  # [R, L] context tokens fed before the attempt (previous attempts)
   counters: Counters  # per row: policy tokens fed (contexts + attempts)
 
@@ -163,8 +168,9 @@ def chain_attempts(cfg: ModelConfig, rcfg: RevisionConfig, params: dict, prompts
                                   first_logits)
     d = decode(cfg, params, cache, logits, seed=step_seed(seed, step), row_streams=streams,
                max_new=jnp.full((r,), a, jnp.int32), stop_tokens=jnp.asarray([eos_id]),
-               sampler=rcfg.sampler, buffer_len=a, pad_id=pad_id, max_start=max_start)
-    content, ended = content_length(d.tokens, d.num_new, eos_id)
+               sampler=rcfg.sampler, buffer_len=a, pad_id=pad_id, max_start=max_start,
+               ends=rcfg.ends)
+    content, ended = content_length(d.tokens, d.num_new, eos_id, rcfg.ends)
     closed, closed_len = closed_attempt(d.tokens, content, eos_id, pad_id, rcfg.slot)
     window = jnp.concatenate([window[:, 1:], closed[:, None]], axis=1)
     window_lengths = jnp.concatenate([window_lengths[:, 1:], closed_len[:, None]], axis=1)

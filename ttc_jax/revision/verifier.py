@@ -47,7 +47,8 @@ def attempt_contexts(rcfg: RevisionConfig, tokens: jax.Array, num_new: jax.Array
   step: (closed attempts [R, w + L, slot], lengths [R, w + L]), the first w
   slots empty, so step t's window is slots t .. t + w - 1 (`window_of`)."""
   r, length, a = tokens.shape
-  content, _ = content_length(tokens.reshape(r * length, a), num_new.reshape(-1), eos_id)
+  content, _ = content_length(tokens.reshape(r * length, a), num_new.reshape(-1), eos_id,
+                              rcfg.ends)
   closed, closed_len = closed_attempt(tokens.reshape(r * length, a), content, eos_id, pad_id,
                                       rcfg.slot)
   w = rcfg.window
@@ -100,7 +101,7 @@ def score_in_context(vcfg: VerifierConfig, vparams: dict, rcfg: RevisionConfig,
   r, length, a = chains.tokens.shape
   n = r * length // q
   flat = chains.tokens.reshape(r * length, a)
-  content, _ = content_length(flat, chains.num_new.reshape(-1), eos_id)
+  content, _ = content_length(flat, chains.num_new.reshape(-1), eos_id, rcfg.ends)
   slots, slot_lengths = attempt_contexts(rcfg, chains.tokens, chains.num_new, eos_id=eos_id,
                                          pad_id=pad_id)
   widths = (0,) + score_widths(rcfg.context_width)

@@ -21,11 +21,11 @@ from ttc_jax.verifier.model import VerifierConfig, check_compatible
 @dataclasses.dataclass
 class SearchOutput:
   """Numpy results of one search: Q prompts x N candidates."""
-  tokens: np.ndarray  # [Q, N, T] solution tokens (EOS included), pad after
+  tokens: np.ndarray  # [Q, N, T] solution tokens (EOS / blank line included), pad after
   lengths: np.ndarray  # [Q, N]
   step_scores: np.ndarray  # [Q, N, S]
   step_mask: np.ndarray  # [Q, N, S] bool
-  finished: np.ndarray  # [Q, N] bool: ended with EOS
+  finished: np.ndarray  # [Q, N] bool: ended with EOS or a blank line (`SearchConfig.ends`)
   budget: Budget
 
   @property
@@ -92,6 +92,7 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   with copies of its last prompt to a multiple of the data axis.
   """
   check_compatible(vcfg, pcfg)
+  scfg.ends.check_end_steps(vcfg.step_delimiters)
   if not 0 <= eos_id < pcfg.vocab_size:
     raise ValueError(f"eos_id {eos_id} outside the vocabulary [0, {pcfg.vocab_size})")
   tokens, lengths, capacity = prepare_prompts(pcfg, vcfg, prompts, scfg, pad_id, prompt_width)

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.samplers import Sampler, Temperature
 
 METHODS = ("best_of_n", "beam", "lookahead", "dvts")
@@ -38,6 +39,9 @@ class SearchConfig:
     beams that finished rounds ago, skip the last decode steps. The tail
     compiles the decode and scoring loops once more; 0: all rows to the end
     (same results).
+  ends: where a solution ends besides EOS: where its text first ends in a
+    blank line (`ttc_jax.decode.ends`; few-shot base models rarely emit EOS).
+    The default, no ids: on EOS only.
   """
   method: str
   n: int
@@ -51,6 +55,7 @@ class SearchConfig:
   shared_prefix: bool = True
   round_widths: int = 3
   tail_fraction: int = 8
+  ends: SolutionEnds = SolutionEnds()
 
   def __post_init__(self):
     if self.method not in METHODS:

@@ -17,6 +17,10 @@ either
     keeps its best unfinished prefixes and refills its unfinished slots with
     their copies.
 
+A solution ends on EOS or, with `SearchConfig.ends`, where its text first
+ends in a blank line (`ttc_jax.decode.ends`): best-of-N's decode stops
+there, a step-wise row finishes with that step.
+
 Beam caches have three levels (`ttc_jax.model.cache.fan_out_beams`): the
 prompt, stored once per prompt; a *history* per block of M consecutive rows
 (the steps the block's beams inherited from their common parent, stored
@@ -52,6 +56,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.decode.ends import SolutionEnds, blank_line_end, line_ended
 from ttc_jax.decode.generate import round_up
 from ttc_jax.decode.loop import decode, default_tail_rows, prefill, tail_sizes
 from ttc_jax.decode.samplers import Greedy
@@ -94,11 +99,11 @@ def context_sum(start: jax.Array, n: jax.Array) -> jax.Array:
 @dataclasses.dataclass
 class SearchResult:
   """Device outputs of one search (R = Q * N rows, prompt-major)."""
-  tokens: jax.Array  # [R, max_solution_tokens] the solution (EOS included), pad after
+  tokens: jax.Array  # [R, max_solution_tokens] the solution (EOS / blank line in), pad after
   lengths: jax.Array  # [R]
   step_scores: jax.Array  # [R, max_steps] verifier prefix score at each step's end
   num_steps: jax.Array  # [R]
-  finished: jax.Array  # [R] bool: ended with EOS (else cut by a limit)
+  finished: jax.Array  # [R] bool: ended with EOS or a blank line (else cut by a limit)
   counters: Counters
   rounds: jax.Array  # [R] int32 rounds in which the row's prompt was still searching
 
@@ -115,8 +120,8 @@ class _State:
   lengths: jax.Array  # [R]
   step_scores: jax.Array  # [R, max_steps]
   num_steps: jax.Array  # [R]
-  finished: jax.Array  # [R] bool: no more steps (EOS, or a limit reached)
-  ended_eos: jax.Array  # [R] bool
+  finished: jax.Array  # [R] bool: no more steps (the solution ended, or a limit reached)
+  ended: jax.Array  # [R] bool: the solution ended (EOS or a blank line)
   counters: Counters
   prompt_rounds: jax.Array  # [R] rounds the row's prompt had an unfinished row (not gathered)
   round: jax.Array  # []
@@ -128,7 +133,7 @@ class _State:
     return _State(commit_to_history(self.cache, block_parents, keep), take(self.next_logits),
                   self.verifier.commit(parents, block_parents, keep), take(self.tokens),
                   take(self.lengths), take(self.step_scores), take(self.num_steps),
-                  take(self.finished), take(self.ended_eos), self.counters, self.prompt_rounds,
+                  take(self.finished), take(self.ended), self.counters, self.prompt_rounds,
                   self.round)
 
 
@@ -143,11 +148,19 @@ def round_seed(seed: jax.Array, round_index: jax.Array) -> jax.Array:
   return jax.random.bits(key, dtype=jnp.uint32)
 
 
-def content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int):
-  """(tokens before a final EOS [R], whether the chunk ended on EOS [R])."""
+def content_length(tokens: jax.Array, num_new: jax.Array, eos_id: int,
+                   ends: SolutionEnds = SolutionEnds(), line_start: jax.Array | bool = True):
+  """Of chunks tokens [R, W] of num_new [R] tokens: (their content [R]: the
+  tokens before a final EOS or empty step, whether the chunk ended the
+  solution [R]: on EOS, or at a blank line by `ends`; line_start: whether
+  the chunk's first token starts a line).
+  """
   last = jnp.take_along_axis(tokens, jnp.maximum(num_new - 1, 0)[:, None], axis=1)[:, 0]
-  ended = (num_new > 0) & (last == eos_id)
-  return num_new - ended.astype(num_new.dtype), ended
+  eos = (num_new > 0) & (last == eos_id)
+  if not ends.active:
+    return num_new - eos.astype(num_new.dtype), eos
+  blank, empty = blank_line_end(ends, tokens, num_new, line_start)
+  return num_new - (eos | empty).astype(num_new.dtype), eos | blank
 
 
 def _start_prompts(pcfg: ModelConfig, vcfg: VerifierConfig, pparams, vparams, prompts,
@@ -208,20 +221,21 @@ def tail_rows(scfg: SearchConfig, rows: int) -> int | None:
 
 
 def _step_and_score(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, seed, streams, active,
-                    stop_tokens, eos_id, pad_id, sampler, room):
+                    stop_tokens, eos_id, pad_id, sampler, room, line_start):
   """Every `active` row samples one step and the verifier scores it.
 
-  room [R]: tokens the row may still generate. Returns (_Step, content [R],
-  ended_eos [R], counters). Once few rows are still sampling (or still have
-  chunks to score) they go on alone (`tail_rows`): rows whose step ended, or
-  beams that finished rounds ago, do not run the last decode steps.
+  room [R]: tokens the row may still generate; line_start [R]: whether the
+  step starts a line (`content_length`). Returns (_Step, content [R], ended
+  [R]: the solution ended, counters). Once few rows are still sampling (or
+  still have chunks to score) they go on alone (`tail_rows`): rows whose step
+  ended, or beams that finished rounds ago, do not run the last decode steps.
   """
   tail = tail_rows(scfg, active.shape[0])
   max_new = jnp.where(active, jnp.minimum(scfg.max_step_tokens, room), 0)
   d = decode(pcfg, pparams, s.cache, s.next_logits, seed=seed, row_streams=streams,
              max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
              buffer_len=scfg.max_step_tokens, pad_id=pad_id, active=active, tail_rows=tail)
-  content, ended = content_length(d.tokens, d.num_new, eos_id)
+  content, ended = content_length(d.tokens, d.num_new, eos_id, scfg.ends, line_start)
   verifier = _score_chunks(vcfg, vparams, s.verifier, d.tokens, content, tail)[0]
   counters = s.counters.add(s.cache.lengths, d.num_new, s.verifier.cache.lengths, content)
   return _Step(d.cache, d.next_logits, d.tokens, d.num_new, verifier), content, ended, counters
@@ -296,15 +310,17 @@ def _lookahead_scores(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams,
   rolling = ~s.finished
   cache, next_logits, verifier = s.cache, s.next_logits, s.verifier
   lengths, counters = s.lengths, s.counters
+  line_start = line_ended(scfg.ends, s.tokens, s.lengths)
   for _ in range(scfg.k):
     probe = dataclasses.replace(s, cache=cache, next_logits=next_logits, verifier=verifier,
                                 counters=counters)
     d, content, ended, counters = _step_and_score(
         pcfg, vcfg, scfg, pparams, vparams, probe, seed=jnp.uint32(0), streams=streams,
         active=rolling, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
-        sampler=Greedy(), room=max_solution - lengths)
+        sampler=Greedy(), room=max_solution - lengths, line_start=line_start)
     cache, next_logits, verifier = d.cache, d.next_logits, d.verifier
     lengths = lengths + d.num_new
+    line_start = line_ended(scfg.ends, d.tokens, d.num_new, line_start)
     rolling = rolling & ~ended & (d.num_new > 0) & (lengths < max_solution)
   score = jnp.where(s.finished, s.verifier.score, verifier.score)
   return score, counters, cache.replace(lengths=s.cache.lengths), verifier.cache.replace(
@@ -418,7 +434,8 @@ def _sample_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, see
   d, content, ended, counters = _step_and_score(
       pcfg, vcfg, scfg, pparams, vparams, s, seed=round_seed(seed, s.round), streams=streams,
       active=active, stop_tokens=stop_tokens, eos_id=eos_id, pad_id=pad_id,
-      sampler=scfg.sampler, room=scfg.max_solution_tokens - s.lengths)
+      sampler=scfg.sampler, room=scfg.max_solution_tokens - s.lengths,
+      line_start=line_ended(scfg.ends, s.tokens, s.lengths))
   verifier = d.verifier
   scored = active & (content > 0)
   slot = jnp.minimum(s.num_steps, scfg.max_steps - 1)
@@ -430,7 +447,7 @@ def _sample_round(pcfg, vcfg, scfg, pparams, vparams, s: _State, *, streams, see
       lengths >= scfg.max_solution_tokens) | (num_steps >= scfg.max_steps)
   searching = jnp.repeat(active.reshape(-1, scfg.n).any(axis=1), scfg.n)
   s = _State(d.cache, d.next_logits, verifier, _append(s.tokens, d.tokens, s.lengths), lengths,
-             step_scores, num_steps, finished, s.ended_eos | ended, counters,
+             step_scores, num_steps, finished, s.ended | ended, counters,
              s.prompt_rounds + searching, s.round + 1)
   if not scfg.k:
     return s, verifier.score
@@ -447,7 +464,7 @@ def keep_going(scfg: SearchConfig, s: _State) -> jax.Array:
 
 def final_result(scfg: SearchConfig, s: _State) -> SearchResult:
   return SearchResult(s.tokens[:, :scfg.max_solution_tokens], s.lengths, s.step_scores,
-                      s.num_steps, s.ended_eos, s.counters, s.prompt_rounds)
+                      s.num_steps, s.ended, s.counters, s.prompt_rounds)
 
 
 def _stepwise(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
@@ -483,8 +500,8 @@ def _best_of_n(pcfg, vcfg, scfg, pparams, vparams, prompts, prompt_lengths, seed
              stop_tokens=stop_tokens[-1:], sampler=scfg.sampler,
              buffer_len=scfg.max_solution_tokens, pad_id=pad_id,
              max_start=0 if scfg.shared_prefix else prompts.shape[1],
-             tail_rows=tail_rows(scfg, r))
-  content, ended = content_length(d.tokens, d.num_new, eos_id)
+             tail_rows=tail_rows(scfg, r), ends=scfg.ends)
+  content, ended = content_length(d.tokens, d.num_new, eos_id, scfg.ends)
   step_scores, step_mask = score_after_prompts(vcfg, vparams, vstate, d.tokens, content, n=n,
                                                max_steps=scfg.max_steps,
                                                shared_prefix=scfg.shared_prefix)
