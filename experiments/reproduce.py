@@ -471,6 +471,9 @@ flags.DEFINE_integer("difficulty_samples", None, "Override: S, samples per quest
 flags.DEFINE_list("budgets", None, "Override: generation budgets N (paper: 1,2,4,...,256).")
 flags.DEFINE_list("seeds", None, "Override: sweep seeds.")
 flags.DEFINE_integer("n_boot", None, "Override: bootstrap resamples for the intervals.")
+flags.DEFINE_integer("revision_samples", None, "Override: policy samples per training question "
+                     "for the revision model's data (paper: 64; the demo's 16 give a model "
+                     "that copies its last attempt, BUILD_NOTES.md).", lower_bound=1)
 flags.DEFINE_bool("progress", True, "Progress bars with ETA per stage.")
 flags.mark_flag_as_required("out_dir")
 distributed.define_flags(default_local_devices=-1)  # two XLA:CPU devices on a CPU backend
@@ -480,8 +483,14 @@ def preset_from_flags() -> Preset:
   ints = lambda xs: None if xs is None else tuple(int(x) for x in xs)
   overrides = dict(questions=FLAGS.questions, difficulty_samples=FLAGS.difficulty_samples,
                    budgets=ints(FLAGS.budgets), seeds=ints(FLAGS.seeds), n_boot=FLAGS.n_boot)
-  return dataclasses.replace(get_preset(FLAGS.preset),
-                             **{k: v for k, v in overrides.items() if v is not None})
+  preset = dataclasses.replace(get_preset(FLAGS.preset),
+                               **{k: v for k, v in overrides.items() if v is not None})
+  if FLAGS.revision_samples is not None:
+    if preset.revisions is None:
+      raise ValueError(f"--revision_samples: preset {preset.name} runs no revisions")
+    preset = dataclasses.replace(preset, revisions=dataclasses.replace(
+        preset.revisions, samples=FLAGS.revision_samples))
+  return preset
 
 
 def main(argv):

@@ -749,10 +749,10 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
         padded = chunk + [chunk[0]] * (size - len(chunk))
         batch = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=seed,
                      prompt_streams=[i for i, _ in padded], prompt_width=width)
-        if config.method == REVISIONS:  # one device: chains are not sharded over a mesh yet
+        if config.method == REVISIONS:
           out = revise(*reviser, *revision_scorer, [prompts[i] for i, _ in padded],
                        config.revision_config(opts, ends), max_steps=opts.max_steps,
-                       in_context=bool(opts.revision_verifier), **batch)
+                       in_context=bool(opts.revision_verifier), mesh=mesh, **batch)
         else:
           out = search(pcfg, pparams, vcfg, vparams, [prompts[i] for i, _ in padded],
                        config.search_config(opts, ends), mesh=mesh, **batch)

@@ -1,4 +1,4 @@
-"""Search split over a 2-device data axis == the same search on one device.
+"""Search and revision chains split over a 2-device data axis == the same on one device.
 
 JAX fixes its device count when its backend starts, so the 2-device run is a
 subprocess (this file executed as a script prints a JSON report), started
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-METHODS = (("beam", 0), ("lookahead", 1), ("best_of_n", 0))
+METHODS = (("beam", 0), ("lookahead", 1), ("best_of_n", 0), ("revisions", 0))
 BUDGET_FIELDS = ("policy_tokens", "verifier_tokens", "rounds")
 
 
@@ -28,6 +28,8 @@ def _searches(two_devices: bool) -> dict:
   from tests.conftest import tiny_config
   from ttc_jax import sharding
   from ttc_jax.model import init_params
+  from ttc_jax.revision.api import revise
+  from ttc_jax.revision.chains import RevisionConfig
   from ttc_jax.search import SearchConfig, search
   from ttc_jax.verifier import VerifierConfig, init_verifier
   cfg = tiny_config()
@@ -38,9 +40,15 @@ def _searches(two_devices: bool) -> dict:
   prompts = [[1, 5, 6], [1, 9, 9, 9, 9], [1, 4]]  # odd: the mesh path pads to 4
   report = {"devices": jax.device_count()}
   for method, k in METHODS:
-    scfg = SearchConfig(method, 4, m=2, k=k, max_solution_tokens=24, max_step_tokens=8,
-                        max_steps=24)
-    out = search(cfg, policy, vcfg, vparams, prompts, scfg, eos_id=15, prompt_width=8, mesh=mesh)
+    if method == "revisions":  # 2 chains x 2 attempts, the previous attempt in context
+      rcfg = RevisionConfig(n=4, parallel=2, max_attempt_tokens=12, window=1)
+      out = revise(cfg, policy, vcfg, vparams, prompts, rcfg, eos_id=15, prompt_width=8,
+                   max_steps=24, mesh=mesh)
+    else:
+      scfg = SearchConfig(method, 4, m=2, k=k, max_solution_tokens=24, max_step_tokens=8,
+                          max_steps=24)
+      out = search(cfg, policy, vcfg, vparams, prompts, scfg, eos_id=15, prompt_width=8,
+                   mesh=mesh)
     report[method] = {
         "tokens": np.asarray(out.tokens).tolist(),
         "step_scores": np.asarray(out.step_scores, np.float64).tolist(),

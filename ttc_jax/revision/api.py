@@ -13,6 +13,7 @@ hold chain c's step t at column c * L + t.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -23,7 +24,7 @@ from ttc_jax.decode.generate import pad_prompts, round_up
 from ttc_jax.model import ModelConfig
 from ttc_jax.revision.chains import RevisionConfig, chain_attempts
 from ttc_jax.revision.verifier import score_in_context
-from ttc_jax.search.api import SearchOutput, make_budget
+from ttc_jax.search.api import SearchOutput, data_parallel_inputs, make_budget
 from ttc_jax.search.engine import Counters, content_length, context_sum, score_candidates
 from ttc_jax.verifier.model import VerifierConfig, check_compatible
 
@@ -64,20 +65,41 @@ def _revise(pcfg: ModelConfig, vcfg: VerifierConfig, rcfg: RevisionConfig, ppara
   return _Revised(chains.tokens, chains.num_new, chains.ended, scores, mask, counters)
 
 
-run_revisions = jax.jit(_revise, static_argnames=("pcfg", "vcfg", "rcfg", "eos_id", "pad_id",
-                                                  "max_steps", "in_context"))
+_STATIC = ("pcfg", "vcfg", "rcfg", "eos_id", "pad_id", "max_steps", "in_context")
+run_revisions = jax.jit(_revise, static_argnames=_STATIC)
+
+
+@functools.lru_cache(maxsize=32)
+def sharded_revisions_fn(mesh, data_axis: str = "data"):
+  """`run_revisions` data-parallel over `mesh`'s data axis (params replicated):
+  each device runs the chains of its own slice of prompts, no collective.
+  Q must be a multiple of the data axis size."""
+  from jax.sharding import PartitionSpec as P
+  rows, rep = P(data_axis), P()
+
+  def fn(pcfg, vcfg, rcfg, pparams, vparams, prompts, prompt_lengths, seed, prompt_streams,
+         **static):
+    body = functools.partial(_revise, pcfg, vcfg, rcfg, **static)
+    # Every output is row-major over (prompt, chain[, step]): split on axis 0.
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, rows, rows, rep, rows),
+                           out_specs=rows, check_vma=False)
+    return mapped(pparams, vparams, prompts, prompt_lengths, seed, prompt_streams)
+
+  return jax.jit(fn, static_argnames=_STATIC)
 
 
 def revise(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict,
            prompts: Sequence[Sequence[int]], rcfg: RevisionConfig, *, eos_id: int,
            pad_id: int = 0, seed: int = 0, prompt_streams: Sequence[int] | None = None,
            prompt_width: int | None = None, max_steps: int = 48,
-           in_context: bool = False) -> SearchOutput:
+           in_context: bool = False, mesh=None) -> SearchOutput:
   """P chains of L revisions for each prompt (BOS + task prompt ids), scored.
 
   pparams: the revision model (a policy fine-tuned by experiments/train_revision.py).
   in_context: score each attempt after its previous attempts (a revision
   verifier, experiments/train_revision_verifier.py), else after the question alone.
+  mesh: a ("data", "model") mesh with model = 1: prompts are split over the
+  data axis (as `search` does; the same attempts as on one device).
   Returns a SearchOutput over N = P * L candidates per prompt, column c * L + t
   = chain c's step t; `budget.generations` = N, policy tokens include every
   step's re-fed context.
@@ -102,10 +124,18 @@ def revise(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   streams = np.arange(q) if prompt_streams is None else np.asarray(prompt_streams)
   if streams.shape != (q,):
     raise ValueError(f"prompt_streams must have one entry per prompt ({q}), got {streams.shape}")
-  out = jax.device_get(run_revisions(
+  fn = run_revisions
+  if mesh is not None:
+    fn = sharded_revisions_fn(mesh)
+    pparams, vparams, (tokens, lengths, streams) = data_parallel_inputs(
+        mesh, pparams, vparams, tokens, lengths, streams)
+  out = jax.device_get(fn(
       pcfg, vcfg, rcfg, pparams, vparams, jnp.asarray(tokens), jnp.asarray(lengths),
       jnp.asarray(seed, jnp.uint32), jnp.asarray(streams, jnp.uint32), eos_id=eos_id,
       pad_id=pad_id, max_steps=max_steps, in_context=in_context))
+  # Drop the mesh's padding prompts: every output has a fixed row count per prompt.
+  out = jax.tree_util.tree_map(lambda x: x[:x.shape[0] // len(tokens) * q], out)
+  lengths = lengths[:q]
   n = rcfg.n
   ended = np.asarray(out.ended).reshape(q, n)
   budget = make_budget(pcfg, vcfg, n, out.counters, lengths, rcfg.parallel,

@@ -100,12 +100,11 @@ def search(pcfg: ModelConfig, pparams: dict, vcfg: VerifierConfig, vparams: dict
   streams = np.arange(q) if prompt_streams is None else np.asarray(prompt_streams)
   if streams.shape != (q,):
     raise ValueError(f"prompt_streams must have one entry per prompt ({q}), got {streams.shape}")
-  fn, padded = run_search, 0
+  fn = run_search
   if mesh is not None:
-    fn, padded = _mesh_search(mesh), -q % mesh.shape["data"]
-    pparams, vparams = _replicated(pparams, mesh), _replicated(vparams, mesh)
-    tokens, lengths, streams = (np.concatenate([x, np.repeat(x[-1:], padded, axis=0)])
-                                for x in (tokens, lengths, streams))
+    fn = sharded_search_fn(mesh)
+    pparams, vparams, (tokens, lengths, streams) = data_parallel_inputs(
+        mesh, pparams, vparams, tokens, lengths, streams)
   out = fn(*_engine_args(pcfg, vcfg, scfg, pparams, vparams, tokens, lengths, seed, streams,
                          eos_id), capacity=capacity, eos_id=eos_id, pad_id=pad_id)
   out = jax.device_get(out)  # one host copy
@@ -147,11 +146,17 @@ def _replicated(params, mesh):
                                 params)
 
 
-def _mesh_search(mesh):
+def data_parallel_inputs(mesh, pparams, vparams, *per_prompt: np.ndarray):
+  """(params, verifier params, per-prompt arrays) for a call split over the
+  mesh's data axis: params on every device, each [Q, ...] array padded with
+  copies of its last prompt to a multiple of the axis (drop the padding
+  prompts' outputs)."""
   if mesh.shape.get("model", 1) != 1:
-    raise ValueError(f"search shards prompts over the data axis only; got mesh {dict(mesh.shape)}"
-                     " (use model=1)")
-  return sharded_search_fn(mesh)
+    raise ValueError(f"search and revisions shard prompts over the data axis only; got mesh "
+                     f"{dict(mesh.shape)} (use model=1)")
+  padded = -len(per_prompt[0]) % mesh.shape["data"]
+  arrays = tuple(np.concatenate([x, np.repeat(x[-1:], padded, axis=0)]) for x in per_prompt)
+  return _replicated(pparams, mesh), _replicated(vparams, mesh), arrays
 
 
 def make_budget(pcfg: ModelConfig, vcfg: VerifierConfig, generations: int, counters,
