@@ -83,7 +83,7 @@ from ttc_jax.checkpoints import (load_hf_policy, load_policy, load_run_task,
                                  write_json_atomic)
 from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.samplers import Temperature
-from ttc_jax.evaluation import prompt_ids
+from ttc_jax.evaluation import prompt_ids, token_ends
 from ttc_jax.revision import select as revision_select
 from ttc_jax.revision.api import revise
 from ttc_jax.revision.chains import RevisionConfig
@@ -429,19 +429,6 @@ def load_hf_prm_spec(spec: HfPrm, pcfg, tokenizer) -> tuple[VerifierConfig, dict
   return (vcfg if tag == delimiter else vcfg.replace(delimiter_ids=(delimiter,))), params
 
 
-def token_ends(tokenizer, dataset: str) -> tuple[tuple[int, ...], SolutionEnds]:
-  """(the tokens that end a step: every one holding a newline, one for the
-  built-in tokenizer, many for real ones (`tokenizer.step_end_ids`); where a
-  solution ends besides EOS). The few-shot datasets' prompts separate their
-  examples by an empty line, which base models write after an answer instead
-  of EOS: there a solution ends at a blank line (`SolutionEnds`). The
-  built-in task's solutions end with EOS: nothing else."""
-  from ttc_jax.tokenizer import step_end_ids, token_texts
-  texts = token_texts(tokenizer)  # once: a real vocabulary takes seconds to scan
-  ends = SolutionEnds() if dataset == "arithmetic" else SolutionEnds.from_texts(texts)
-  return step_end_ids(tokenizer, texts), ends
-
-
 def with_step_ends(vcfg: VerifierConfig, step_ends: tuple[int, ...]) -> VerifierConfig:
   """The verifier's config with steps ending at `step_ends` (`token_ends`)."""
   return vcfg if step_ends == vcfg.step_delimiters else vcfg.replace(delimiter_ids=step_ends)
@@ -699,14 +686,14 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   pcfg, pparams, tokenizer = load_policy_any(opts)
   vcfg, vparams = (load_hf_prm_spec(opts.prm_hf, pcfg, tokenizer) if opts.prm_hf else
                    load_prm(opts.prm, pcfg, pparams, tokenizer))
-  step_ends, ends = token_ends(tokenizer, opts.dataset)
+  task = load_task(opts.dataset, opts.policy, **task_options(opts))
+  step_ends, ends = token_ends(tokenizer, task)
   vcfg = with_step_ends(vcfg, step_ends)
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
       c.method == REVISIONS for c in configs) else None
   revision_scorer = (load_prm(opts.revision_verifier, pcfg, pparams, tokenizer)
                      if reviser and opts.revision_verifier else (vcfg, vparams))
   revision_verifier = os.path.abspath(opts.revision_verifier) if opts.revision_verifier else "prm"
-  task = load_task(opts.dataset, opts.policy, **task_options(opts))
   questions = select_questions(task, opts)
   if not saved:  # only once everything loaded: a typo does not pin the out_dir
     write_json_atomic(os.path.join(opts.out_dir, SETTINGS_FILE), settings)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ttc_jax.decode import Greedy, Sampler, generate
 from ttc_jax.model import ModelConfig
+from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.tasks import Problem, Task
 
 
@@ -30,20 +31,34 @@ def prompt_ids(task: Task, tokenizer, problem: Problem) -> list[int]:
   return [tokenizer.bos_id] + tokenizer.encode(task.prompt(problem))
 
 
+def token_ends(tokenizer, task: Task) -> tuple[tuple[int, ...], SolutionEnds]:
+  """(the tokens that end a step: every one holding a newline, one for the
+  built-in tokenizer, many for real ones (`tokenizer.step_end_ids`); where a
+  solution ends besides EOS: at a blank line where `task.ends_at_blank_line`
+  (the few-shot datasets), else nowhere)."""
+  from ttc_jax.tokenizer import step_end_ids, token_texts
+  texts = token_texts(tokenizer)  # once: a real vocabulary takes seconds to scan
+  ends = SolutionEnds.from_texts(texts) if task.ends_at_blank_line else SolutionEnds()
+  return step_end_ids(tokenizer, texts), ends
+
+
 def sample_solutions(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                      problems: Sequence[Problem], *, n: int, sampler: Sampler = Greedy(),
                      seed: int = 0, max_new_tokens: int = 112, batch_size: int = 256,
-                     progress=None, mesh=None) -> Samples:
+                     progress=None, mesh=None, ends: SolutionEnds | None = None) -> Samples:
   """n completions per problem, batched over (problem, sample) rows.
 
   Each row's random stream is (question index * n + sample index), so results
   do not depend on `batch_size`. The last batch is padded with repeats of its
   first row to keep one compiled shape. mesh: optional ("data", "model") mesh
   (pass params already sharded with `ttc_jax.sharding.shard_params`).
+  ends: where a sample ends besides EOS (default: the task's rule, `token_ends`).
   """
   if n < 1:
     raise ValueError(f"n (samples per question) must be >= 1, got {n}")
   tokenizer.check_matches(cfg.vocab_size)
+  if ends is None:
+    ends = token_ends(tokenizer, task)[1] if task.ends_at_blank_line else SolutionEnds()
   prompts = [prompt_ids(task, tokenizer, p) for p in problems]
   rows = [(q, s) for q in range(len(problems)) for s in range(n)]
   batch_size = max(1, min(batch_size, len(rows)))
@@ -56,7 +71,7 @@ def sample_solutions(cfg: ModelConfig, params: dict, tokenizer, task: Task,
     out = generate(cfg, params, [prompts[q] for q, _ in padded], max_new_tokens=max_new_tokens,
                    sampler=sampler, seed=seed, stop_tokens=[tokenizer.eos_id],
                    pad_id=tokenizer.pad_id, row_streams=[q * n + s for q, s in padded],
-                   mesh=mesh)
+                   mesh=mesh, ends=ends)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)  # one host copy
     chunk_texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist()) for i in range(len(chunk))]
     graded = task.grade_many([problems[q] for q, _ in chunk], chunk_texts)

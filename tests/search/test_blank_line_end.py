@@ -78,3 +78,17 @@ def test_a_revision_attempt_ends_at_a_blank_line():
                         ends=SolutionEnds.from_texts(TEXTS))
   _check_ends(revise(CFG, bigram_policy(), VCFG, init_verifier(VCFG, jax.random.key(1)),
                      PROMPTS, rcfg, eos_id=EOS, pad_id=0, max_steps=4))
+
+
+def test_generate_stops_at_a_blank_line_too():
+  """evaluate_policy's sampler (`generate`): the same ends; without them, on to the limit."""
+  from ttc_jax.decode import generate
+  ends = SolutionEnds.from_texts(TEXTS)
+  out = generate(CFG, bigram_policy(), PROMPTS, max_new_tokens=8, sampler=Greedy(),
+                 stop_tokens=[EOS], ends=ends)
+  lengths = np.asarray(out.lengths).tolist()
+  assert lengths == [len(tokens) for tokens, _ in WANT]
+  for q, (tokens, _) in enumerate(WANT):
+    assert np.asarray(out.tokens)[q, :len(tokens)].tolist() == tokens
+  assert np.asarray(generate(CFG, bigram_policy(), PROMPTS, max_new_tokens=8, sampler=Greedy(),
+                             stop_tokens=[EOS]).lengths).tolist() == [8, 8, 8]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.loop import (SEGMENT_STEPS, DecodeState, decode_jit, default_tail_rows,
                                  prefill_and_decode)
 from ttc_jax.decode.samplers import Greedy, Sampler
@@ -97,8 +98,8 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
              max_new_tokens: int, sampler: Sampler = Greedy(), seed: int = 0,
              stop_tokens: Sequence[int] = (), pad_id: int = 0, row_streams=None,
              extra_capacity: int = 0, mesh=None,
-             tail_rows: int | tuple[int, ...] | str | None = "auto"
-             ) -> DecodeOutput:
+             tail_rows: int | tuple[int, ...] | str | None = "auto",
+             ends: SolutionEnds = SolutionEnds()) -> DecodeOutput:
   """Samples continuations of a batch of prompts of different lengths.
 
   prompts: token-id lists (e.g. many prompts x many samples, repeated rows).
@@ -114,6 +115,8 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
   alone (`loop.decode`; a tuple: smaller and smaller batches in turn);
   "auto": batch / 8 for batches of >= 64 rows without a mesh; None: never.
   Same tokens either way.
+  ends: rows also stop where their text first ends in a blank line
+  (`ttc_jax.decode.ends`; the prompt is taken to end a line).
   """
   _check_max_new(max_new_tokens)
   sizes = (tail_rows,) if isinstance(tail_rows, int) else tail_rows
@@ -148,7 +151,7 @@ def generate(cfg: ModelConfig, params: dict, prompts: Sequence[Sequence[int]], *
       row_streams=streams, max_new=max_new, stop_tokens=_stop_array(stop_tokens, cfg.vocab_size),
       sampler=sampler, buffer_len=buffer_len, pad_id=pad_id,
       tail_rows=(None if mesh is not None else default_tail_rows(batch)) if tail_rows == "auto"
-      else tail_rows)
+      else tail_rows, ends=ends)
   return _output(state, max_new_tokens)
 
 

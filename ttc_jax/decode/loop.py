@@ -228,18 +228,19 @@ def _decode_step(cfg, params, s: DecodeState, rows: _RowInputs, *, seed, stop_to
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler", "buffer_len", "pad_id",
-                                             "tail_rows"),
+                                             "tail_rows", "ends"),
                    donate_argnames=("cache",))
 def prefill_and_decode(cfg: ModelConfig, params: dict, prompt_tokens: jax.Array,
                        prompt_lengths: jax.Array, cache: KVCache, *, seed, row_streams, max_new,
                        stop_tokens, sampler: Sampler = Greedy(), buffer_len: int,
-                       pad_id: int = 0, tail_rows: int | None = None) -> DecodeState:
+                       pad_id: int = 0, tail_rows: int | None = None,
+                       ends: SolutionEnds = SolutionEnds()) -> DecodeState:
   """Prefill + decode in one jitted call. See `prefill` and `decode`."""
   next_logits, cache = prefill(cfg, params, prompt_tokens, prompt_lengths, cache)
   return decode(cfg, params, cache, next_logits, seed=seed, row_streams=row_streams,
                 max_new=max_new, stop_tokens=stop_tokens, sampler=sampler,
                 buffer_len=buffer_len, pad_id=pad_id, max_start=prompt_tokens.shape[1],
-                tail_rows=tail_rows)
+                tail_rows=tail_rows, ends=ends)
 
 
 TAIL_FRACTION = 8  # default tail: rows / 8, for batches of at least MIN_TAIL_BATCH rows

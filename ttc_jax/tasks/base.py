@@ -58,6 +58,9 @@ class Task(abc.ABC):
     name: str
     # Names of the entries of `Problem.difficulty`.
     difficulty_keys: tuple[str, ...]
+    # Whether a solution also ends at a blank line: few-shot prompts separate
+    # their examples by one, and base models write it instead of EOS.
+    ends_at_blank_line: bool = False
 
     @abc.abstractmethod
     def prompt(self, problem: Problem) -> str:

@@ -204,6 +204,7 @@ class BenchmarkTask(Task):
     dataset: str
     instruction: str
     reader: Callable[[str | Path], list[Problem]]
+    ends_at_blank_line = True
 
     def __init__(self, data_path: str | None = None, shots_path: str | None = None,
                  num_shots: int = DEFAULT_NUM_SHOTS, shots_seed: int = 0,
