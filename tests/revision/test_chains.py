@@ -171,6 +171,14 @@ def test_revised_to_incorrect_and_pass_at_step():
   np.testing.assert_allclose(pass_at_step(correct), [0.5, 0.5, 1.0, 0.5])
   with pytest.raises(ValueError, match=r"\[Q, P, L\]"):
     pass_at_step(correct[0])
+  # incorrect with a next step: (0,1), (1,0); both revised into correct ones
+  from ttc_jax.revision.select import revised_to_correct
+  assert revised_to_correct(correct) == (2, 2)
+  from experiments.probe_revision import probe_report
+  texts = np.asarray([[["a", "b", "c", "c"], ["x", "y", "y", "z"]]], object)
+  report = probe_report(correct, texts)
+  assert report["wrong_to_right"] == 1.0 and report["right_to_wrong"] == 0.5
+  assert report["copies_previous"] == round(2 / 6, 4) and report["coverage"] == 1.0
 
 
 # ---- the host API: chains scored by a verifier

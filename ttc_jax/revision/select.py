@@ -59,6 +59,13 @@ def pass_at_step(correct: np.ndarray) -> np.ndarray:
   return correct.mean(axis=(0, 1))
 
 
+def revised_to_correct(correct: np.ndarray) -> tuple[int, int]:
+  """(incorrect attempts whose next revision is correct, incorrect attempts that
+  have a next revision): what a revision model is for."""
+  flipped, total = revised_to_incorrect(~np.asarray(correct, bool))
+  return flipped, total
+
+
 def revised_to_incorrect(correct: np.ndarray) -> tuple[int, int]:
   """(correct attempts whose next revision is incorrect, correct attempts that
   have a next revision). The paper saw about 38% of correct answers revised
