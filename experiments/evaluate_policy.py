@@ -29,12 +29,14 @@ from ttc_jax.evaluation import coverage, pass_rate_histogram, sample_solutions
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Training run directory (train_policy --out_dir).")
-flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 folder (with its "
-                    "tokenizer); needs --dataset.")
+flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 / Mistral folder "
+                    "(with its tokenizer); needs --dataset.")
 flags.DEFINE_string("dataset", "arithmetic", "'arithmetic' (the run's built-in task), "
                     "'math500' or 'gsm8k'.")
 flags.DEFINE_string("data_path", None, "The dataset's JSONL (default: ../shared/data/...).")
 flags.DEFINE_integer("num_shots", 4, "Few-shot examples per prompt (math500, gsm8k).")
+flags.DEFINE_bool("chat", False, "Instruct models: prompt through the tokenizer's chat "
+                  "template (math500, gsm8k).")
 flags.DEFINE_integer("num_questions", 500, "K questions, evenly strided over the test set.")
 flags.DEFINE_integer("samples", 16, "Samples per question for pass@1 / coverage.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
@@ -129,8 +131,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   distributed.initialize_from_flags()
   mesh = sharding.make_mesh(data=FLAGS.mesh_data, model=FLAGS.mesh_model)
+  if FLAGS.chat and FLAGS.dataset == "arithmetic":
+    raise app.UsageError("--chat needs --dataset=math500|gsm8k (an instruct model's prompts)")
   options = ({} if FLAGS.dataset == "arithmetic" else
-             dict(data_path=FLAGS.data_path, num_shots=FLAGS.num_shots))
+             dict(data_path=FLAGS.data_path, num_shots=FLAGS.num_shots, chat=FLAGS.chat))
   policy = FLAGS.checkpoint or FLAGS.policy_hf
   result = evaluate(policy, FLAGS.num_questions, FLAGS.samples, FLAGS.temperature,
                     FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed, mesh=mesh,

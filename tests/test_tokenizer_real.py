@@ -323,6 +323,34 @@ def test_hf_encode_matches_transformers(hf_tok, hf_dir):
         assert hf_tok.decode(ids) == reference.decode(ids)
 
 
+def test_chat_prompts_tokenize_as_transformers_does(hf_tok, hf_dir, sp_tok, tmp_path):
+    """MathTask(chat=True): the few-shot prompt as chat turns, ids as transformers
+    makes them; the plain prompt is BOS + its text; sentencepiece has no template."""
+    from transformers import PreTrainedTokenizerFast
+    from ttc_jax.tasks import MathTask
+    rows = [{"problem": f"What is {i}+{i}?", "solution": f"Add.\n$\\boxed{{{2 * i}}}$",
+             "answer": str(2 * i), "subject": "Algebra", "level": 1,
+             "unique_id": f"test/a/{i}.json"} for i in range(4)]
+    path = tmp_path / "math.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chat = MathTask(data_path=str(path), num_shots=2, chat=True)
+    problem = chat.test_problems()[0]
+    messages = chat.chat_messages(problem)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant",
+                                             "user"]
+    assert messages[-1]["content"] == f"Problem: {problem.question}"
+    assert problem.solution not in [m["content"] for m in messages]
+    reference = PreTrainedTokenizerFast.from_pretrained(hf_dir).apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True)
+    reference = reference["input_ids"] if hasattr(reference, "keys") else reference
+    assert chat.prompt_ids(hf_tok, problem) == list(reference)
+    plain = MathTask(data_path=str(path), num_shots=2)
+    assert plain.prompt_ids(hf_tok, problem) == [hf_tok.bos_id] + hf_tok.encode(
+        plain.prompt(problem))
+    with pytest.raises(ValueError, match="chat_template"):
+        chat.prompt_ids(sp_tok, problem)
+
+
 def test_hf_chat_template_matches_transformers(hf_tok, hf_dir):
     from transformers import PreTrainedTokenizerFast
     reference = PreTrainedTokenizerFast.from_pretrained(hf_dir)

@@ -27,8 +27,9 @@ class Samples:
 
 
 def prompt_ids(task: Task, tokenizer, problem: Problem) -> list[int]:
-  """BOS + the task prompt, exactly as training rows start."""
-  return [tokenizer.bos_id] + tokenizer.encode(task.prompt(problem))
+  """The model's input ids for a problem (`Task.prompt_ids`: BOS + the task
+  prompt, exactly as training rows start; a chat template where the task asks)."""
+  return task.prompt_ids(tokenizer, problem)
 
 
 def token_ends(tokenizer, task: Task) -> tuple[tuple[int, ...], SolutionEnds]:

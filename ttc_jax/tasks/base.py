@@ -66,6 +66,10 @@ class Task(abc.ABC):
     def prompt(self, problem: Problem) -> str:
         """The text fed to the model before the solution; ends with "\\n"."""
 
+    def prompt_ids(self, tokenizer, problem: Problem) -> list[int]:
+        """The token ids fed to the model: BOS + the prompt, as training rows start."""
+        return [tokenizer.bos_id] + tokenizer.encode(self.prompt(problem))
+
     @abc.abstractmethod
     def train_problems(self, seed: int, n: int) -> list[Problem]:
         """The first n problems of the deterministic training stream `seed`.

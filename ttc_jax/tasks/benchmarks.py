@@ -199,6 +199,10 @@ class BenchmarkTask(Task):
     grade_timeout_s: per-answer grading time limit (see `Grader`).
     grade_workers: math-verify processes `grade_many` runs at once (MATH;
       default: half the CPU cores, at most 8, at least 1).
+    chat: prompt instruct models through their tokenizer's chat template
+      (`chat_messages`: the instruction as the system turn, each shot a
+      user / assistant pair, the problem the last user turn) instead of the
+      plain few-shot text.
     """
 
     dataset: str
@@ -208,7 +212,8 @@ class BenchmarkTask(Task):
 
     def __init__(self, data_path: str | None = None, shots_path: str | None = None,
                  num_shots: int = DEFAULT_NUM_SHOTS, shots_seed: int = 0,
-                 grade_timeout_s: float = 5.0, grade_workers: int | None = None) -> None:
+                 grade_timeout_s: float = 5.0, grade_workers: int | None = None,
+                 chat: bool = False) -> None:
         if not isinstance(num_shots, int) or num_shots < 0:
             raise ValueError(f"num_shots must be an integer >= 0, got {num_shots!r}")
         self.data_path = resolve_data_path(self.dataset, data_path)
@@ -218,6 +223,7 @@ class BenchmarkTask(Task):
         self.num_shots = num_shots
         self.shots_seed = shots_seed
         self.grade_timeout_s = grade_timeout_s
+        self.chat = chat
         self.grade_workers = (min(8, max(1, (os.cpu_count() or 2) // 2))
                               if grade_workers is None else grade_workers)
         self._test: list[Problem] | None = None
@@ -227,7 +233,7 @@ class BenchmarkTask(Task):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(data_path={str(self.data_path)!r}, "
                 f"shots_path={self.shots_path and str(self.shots_path)!r}, "
-                f"num_shots={self.num_shots}, shots_seed={self.shots_seed})")
+                f"num_shots={self.num_shots}, shots_seed={self.shots_seed}, chat={self.chat})")
 
     def _read(self, path: Path) -> list[Problem]:
         return type(self).reader(path)
@@ -285,6 +291,26 @@ class BenchmarkTask(Task):
             parts.append(f"Problem: {shot.question}\nSolution:\n{shot.solution}\n")
         parts.append(f"Problem: {problem.question.strip()}\nSolution:\n")
         return "".join(parts)
+
+    def chat_messages(self, problem: Problem) -> list[dict[str, str]]:
+        """The few-shot prompt as chat turns (one step per line in every answer)."""
+        messages = [{"role": "system", "content": self.instruction}]
+        for shot in self.shots(problem):
+            messages += [{"role": "user", "content": f"Problem: {shot.question}"},
+                         {"role": "assistant", "content": shot.solution}]
+        return messages + [{"role": "user", "content": f"Problem: {problem.question.strip()}"}]
+
+    def prompt_ids(self, tokenizer, problem: Problem) -> list[int]:
+        if not self.chat:
+            return super().prompt_ids(tokenizer, problem)
+        if not hasattr(tokenizer, "apply_chat_template"):
+            raise ValueError(f"chat prompts need a HF tokenizer with a chat_template; "
+                             f"{type(tokenizer).__name__} has none")
+        # The template writes BOS itself; the assistant turn opens on a new line
+        # in common templates, so the first step starts a line.
+        text = tokenizer.apply_chat_template(self.chat_messages(problem),
+                                             add_generation_prompt=True)
+        return tokenizer.encode(text)
 
     def first_wrong_step(self, problem: Problem, completion: str) -> int:
         raise NotImplementedError(
