@@ -29,9 +29,11 @@ or "policy_logprob": an untrained token-level head on the policy's own weights
 training.
 
 Real models (README "Bring your own model"): --policy_hf=DIR reads a Hugging
-Face Llama / Qwen2 folder with its tokenizer; --prm_hf=DIR a PRM folder that
-shares it (--prm_format good_token: P(--prm_good_token) vs --prm_bad_token at
---prm_step_tag; class_softmax: a classification head's positive class there).
+Face Llama / Qwen2 / Mistral folder with its tokenizer; --prm_hf=DIR a PRM
+folder that shares it (--prm_format good_token: P(--prm_good_token) vs
+--prm_bad_token at --prm_step_tag; class_softmax: a classification head's
+positive class there; chat_good_token, RLHFlow's chat format, is refused: it
+scores finished solutions only, `ttc_jax.verifier.hf_prm.chat_rows`).
 The policy's steps end at its newline; the PRM sees its tag in the newline's
 place (`VerifierConfig.delimiter_ids`: with a real tokenizer every token that
 holds a newline, e.g. Llama-3's ".\n", ends a step). On the few-shot datasets
@@ -122,6 +124,7 @@ class Options:
   data_path: str | None = None  # the dataset's JSONL (default: ../shared/data when present)
   shots_path: str | None = None  # few-shot examples (default: the data file, never the item)
   num_shots: int = 4
+  chat: bool = False  # prompts through the policy tokenizer's chat template (instruct models)
   revision_model: str | None = None  # method revisions: the revision model's run directory
   revision_verifier: str | None = None  # method revisions: scores attempts in context (not --prm)
   # method revisions: an attempt's limit; 4 previous attempts + 1 must fit max_seq_len
@@ -159,6 +162,8 @@ class Options:
       extra.update(data_path=self.data_path and os.path.abspath(self.data_path),
                    shots_path=self.shots_path and os.path.abspath(self.shots_path),
                    num_shots=self.num_shots, solution_end="eos or blank line")
+      if self.chat:  # absent when off: run.json files from before the flag still match
+        extra["chat"] = True
     return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
@@ -169,11 +174,12 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class HfPrm:
-  """--prm_hf: a PRM checkpoint folder (Llama / Qwen2) and how its scores are read.
+  """--prm_hf: a PRM checkpoint folder (Llama / Qwen2 / Mistral) and how its scores are read.
 
   format: "good_token" (a causal LM: P(good) of the two-token softmax at the
   step tag, Math-Shepherd style), "class_softmax" (a token-classification
-  head at the step tag, Qwen2.5-Math-PRM style) or "auto" (from config.json).
+  head at the step tag, Qwen2.5-Math-PRM style) or "auto" (from config.json);
+  "chat_good_token" (RLHFlow) is refused by `check_sources`.
   step_tag: the token the PRM reads after each step (e.g. "ки", "<extra_0>");
   None: the policy's step delimiter itself. In search the policy's delimiter
   is shown to the PRM as this tag (`VerifierConfig.delimiter_ids`).
@@ -350,8 +356,16 @@ def check_sources(opts: Options) -> None:
                      "read from a policy run directory")
   if opts.prm_hf and opts.prm != POLICY_LOGPROB:
     raise ValueError("give --prm or --prm_hf, not both")
+  if opts.prm_hf and opts.prm_hf.format == "chat_good_token":
+    raise ValueError("--prm_format=chat_good_token cannot run in search: its scores are read "
+                     "inside a chat template between the steps, while search reads one tag "
+                     "token per step. Score finished solutions with ttc_jax.verifier.hf_prm."
+                     "chat_rows + score_solutions, or use --prm_format=good_token")
   if opts.num_shots < 0:
     raise ValueError(f"--num_shots must be >= 0, got {opts.num_shots}")
+  if opts.chat and opts.dataset == "arithmetic":
+    raise ValueError("--chat prompts an instruct model on --dataset=math500|gsm8k; the "
+                     "built-in task's policies take its own prompt")
 
 
 def selection_keys(selections: Sequence[str], aggregations: Sequence[str]) -> list[str]:
@@ -460,7 +474,8 @@ def load_task(dataset: str, policy_dir: str, **options):
 def task_options(opts: Options) -> dict:
   if opts.dataset == "arithmetic":
     return {}
-  return dict(data_path=opts.data_path, shots_path=opts.shots_path, num_shots=opts.num_shots)
+  return dict(data_path=opts.data_path, shots_path=opts.shots_path, num_shots=opts.num_shots,
+              chat=opts.chat)
 
 
 def question_order(count: int, order: str) -> np.ndarray:
@@ -802,16 +817,20 @@ def _define_flags():
   flags.DEFINE_string("shots_path", None, "Few-shot examples (same format; e.g. a train "
                       "split). Default: the data file, never the evaluated item.")
   flags.DEFINE_integer("num_shots", 4, "Few-shot examples per prompt.")
+  flags.DEFINE_bool("chat", False, "Instruct models: prompt through the tokenizer's chat "
+                    "template (system = the instruction, shots as user / assistant turns).")
   flags.DEFINE_string("policy", None, "Policy run directory (train_policy --out_dir).")
-  flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 checkpoint folder "
+  flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 / Mistral folder "
                       "(config.json, *.safetensors, tokenizer.json or tokenizer.model).")
   flags.DEFINE_string("prm", POLICY_LOGPROB, "Verifier run directory, or 'policy_logprob' "
                       "(untrained token-level head on the policy's weights).")
-  flags.DEFINE_string("prm_hf", None, "Or: a Hugging Face PRM folder (Llama / Qwen2; it must "
-                      "share the policy's tokenizer).")
-  flags.DEFINE_enum("prm_format", "auto", ["auto", "good_token", "class_softmax"],
+  flags.DEFINE_string("prm_hf", None, "Or: a Hugging Face PRM folder (Llama / Qwen2 / "
+                      "Mistral; it must share the policy's tokenizer).")
+  flags.DEFINE_enum("prm_format", "auto", ["auto", "good_token", "class_softmax",
+                                            "chat_good_token"],
                     "--prm_hf scores: P(good token) vs the bad token at the step tag "
-                    "(Math-Shepherd), or a classification head's softmax there (Qwen-PRM).")
+                    "(Math-Shepherd), or a classification head's softmax there (Qwen-PRM). "
+                    "chat_good_token (RLHFlow) is refused: host-side scoring only.")
   flags.DEFINE_string("prm_step_tag", None, "--prm_hf: the token it reads after each step "
                       "(e.g. 'ки', '<extra_0>'); default: the policy's step delimiter.")
   flags.DEFINE_string("prm_good_token", "+", "--prm_hf good_token format: the good token.")
@@ -841,7 +860,7 @@ def options_from_flags(f) -> Options:
                              f.prm_bad_token)
   return Options(
       policy=f.policy or f.policy_hf, policy_hf=bool(f.policy_hf), prm_hf=prm_hf or None,
-      data_path=f.data_path, shots_path=f.shots_path, num_shots=f.num_shots,
+      data_path=f.data_path, shots_path=f.shots_path, num_shots=f.num_shots, chat=f.chat,
       out_dir=f.out_dir, prm=f.prm, methods=tuple(f.method), ns=ints(f.n),
       ms=tuple(f.m), ks=ints(f.k), ratios=tuple(f.ratio), revision_model=f.revision_model,
       revision_verifier=f.revision_verifier, max_attempt_tokens=f.max_attempt_tokens,

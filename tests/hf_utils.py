@@ -30,9 +30,11 @@ def make_hf_config(arch: str = "llama", *, tie: bool = False, vocab_size: int = 
                    ffn_dim: int = 96, head_dim: int | None = None, rope_theta: float = 10000.0,
                    rope_scaling: dict | None = None, max_position_embeddings: int = 256,
                    rms_norm_eps: float = 1e-6, **extra):
-  """A tiny `LlamaConfig` / `Qwen2Config` (f32, eager attention, no eos)."""
-  from transformers import LlamaConfig, Qwen2Config
-  cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+  """A tiny `LlamaConfig` / `Qwen2Config` / `MistralConfig` (f32, eager attention, no eos).
+
+  Mistral's sliding_window (default 4096) goes in `extra`."""
+  from transformers import LlamaConfig, MistralConfig, Qwen2Config
+  cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
   kwargs = dict(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
                 num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
                 intermediate_size=ffn_dim, max_position_embeddings=max_position_embeddings,
@@ -79,16 +81,17 @@ def perturb_weights(model, seed: int = 0) -> None:
 def make_tiny_hf_model(arch: str = "llama", path: str | os.PathLike | None = None, *,
                        tie: bool = False, seed: int = 0, perturb: bool = True,
                        max_shard_size: str | int | None = None, **config_kwargs):
-  """A random tiny `LlamaForCausalLM` / `Qwen2ForCausalLM` in eval mode (f32, CPU).
+  """A random tiny `Llama/Qwen2/MistralForCausalLM` in eval mode (f32, CPU).
 
   With `path`, also `save_pretrained`s it there as safetensors (sharded with an
   index.json when `max_shard_size` is small). `config_kwargs` go to
   `make_hf_config` (n_heads, n_kv_heads, rope_scaling, rope_theta, head_dim, ...).
   """
-  from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+  from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
   config = make_hf_config(arch, tie=tie, **config_kwargs)
   torch.manual_seed(seed)
-  cls = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}[arch]
+  cls = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM,
+         "mistral": MistralForCausalLM}[arch]
   model = cls(config).to(torch.float32).eval()
   if perturb:
     perturb_weights(model, seed)
@@ -96,6 +99,20 @@ def make_tiny_hf_model(arch: str = "llama", path: str | os.PathLike | None = Non
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(os.fspath(path), **kwargs)
   return model
+
+
+def byte_level_bpe(corpus, special_tokens, vocab_size: int = 320):
+  """A `tokenizers` byte-level BPE (Llama-3 / Qwen style) trained on `corpus`;
+  every byte is a token, so any text encodes."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  fast = Tokenizer(models.BPE())
+  fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  fast.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                special_tokens=list(special_tokens),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  fast.train_from_iterator(corpus, trainer)
+  return fast
 
 
 def random_tokens(batch: int, length: int, vocab_size: int = 128, seed: int = 0) -> np.ndarray:

@@ -282,9 +282,27 @@ def test_config_legacy_fields():
       True, 2, 1e6, 32, True)
 
 
+def test_config_mistral_sliding_window():
+  """Math-Shepherd's PRM config (a Mistral-7B): Llama's layout, and a 4096-token sliding
+  window that caps max_seq_len (within it the window masks nothing); v0.2+ have none."""
+  shepherd = {"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+              "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "hidden_act": "silu", "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+              "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False}
+  cfg = hf.config_from_hf(shepherd)
+  assert cfg == ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
+                            n_kv_heads=8, ffn_dim=14336, rope_theta=10000.0, norm_eps=1e-5,
+                            max_seq_len=4096)
+  assert hf.config_from_hf({**shepherd, "sliding_window": None}).max_seq_len == 32768
+  assert hf.config_from_hf({**shepherd, "architectures": None}).max_seq_len == 4096
+  with pytest.raises(ValueError, match="sliding_window must be a positive int or null"):
+    hf.config_from_hf({**shepherd, "sliding_window": 0})
+
+
 @pytest.mark.parametrize("changes,match", [
-    ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"},
-     "MistralForCausalLM.*LlamaForCausalLM, Qwen2ForCausalLM"),
+    ({"architectures": ["GemmaForCausalLM"], "model_type": "gemma"},
+     "GemmaForCausalLM.*LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}},
      "rope scaling type 'yarn'"),

@@ -342,7 +342,7 @@ def _resolve_run_dir(path: str) -> str:
 
 
 def load_hf_policy(path: str, dtype: str = "float32"):
-  """(cfg, params, tokenizer) of a Hugging Face Llama / Qwen2 folder: weights
+  """(cfg, params, tokenizer) of a Hugging Face Llama / Qwen2 / Mistral folder: weights
   via `ttc_jax.hf.load_checkpoint`, tokenizer.json or tokenizer.model beside them."""
   from ttc_jax import hf
   from ttc_jax.tokenizer import load_tokenizer

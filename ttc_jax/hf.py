@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint import / export for Llama and Qwen2 models.
+"""Hugging Face checkpoint import / export for Llama, Qwen2 and Mistral models.
 
 * `config_from_hf(hf_config_dict) -> ModelConfig`
 * `load_checkpoint(path, dtype="float32") -> (ModelConfig, params)`: a local
@@ -21,6 +21,14 @@ The same trick lets `safetensors.numpy.save_file` write BF16.
 
 Torch `nn.Linear` weights are [out, in]; ours are [in, out] with the head
 axes split out: q_proj [H*E, D] -> wq [D, H, E], o_proj [D, H*E] -> wo [H, E, D].
+
+Mistral is Llama's layout (same tensor names, no biases) plus sliding-window
+attention: a query sees only the last `sliding_window` positions. Up to that
+many tokens the window hides nothing, so a Mistral config's `max_seq_len` is
+min(max_position_embeddings, sliding_window) and every path that honours
+max_seq_len (search, generation, revisions, `hf_prm.score_solutions`) refuses
+longer sequences instead of attending past the window. Math-Shepherd's PRM has
+a 4096-token window; Mistral v0.2+ configs have none (`sliding_window: null`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from ttc_jax.model.params import abstract_params
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "MistralForCausalLM": "mistral",
 }
 _MODEL_TYPE_TO_ARCH = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}
 # Same transformers, another head (no lm_head): only `load_backbone` reads these.
@@ -48,6 +57,7 @@ HEAD_ARCHITECTURES = {
     "LlamaForTokenClassification": "llama",
     "Qwen2ForTokenClassification": "qwen2",
     "Qwen2ForProcessRewardModel": "qwen2",  # Qwen2.5-Math-PRM (remote code)
+    "MistralForTokenClassification": "mistral",
 }
 _SILU_NAMES = ("silu", "swish")  # the same function in transformers' ACT2FN
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -117,7 +127,7 @@ def _rope(hf: dict) -> tuple[float, tuple[float, float, float, int] | None]:
 
 
 def config_from_hf(hf_config: dict) -> ModelConfig:
-  """A float32 ModelConfig from a Llama / Qwen2 `config.json` dict."""
+  """A float32 ModelConfig from a Llama / Qwen2 / Mistral `config.json` dict."""
   return _config_from_hf(hf_config, SUPPORTED_ARCHITECTURES)
 
 
@@ -135,16 +145,16 @@ def _config_from_hf(hf_config: dict, allowed: dict[str, str]) -> ModelConfig:
     raise ValueError(f"unsupported hidden_act {act!r} for {arch}; only 'silu' is supported")
   if hf.get("mlp_bias"):
     raise ValueError(f"{arch} with mlp_bias=True is not supported (no MLP biases in ttc_jax)")
-  if family == "llama":
-    if hf.get("attention_bias"):
-      raise ValueError(f"{arch} with attention_bias=True is not supported: it adds an "
-                       "o_proj bias, which ttc_jax does not have")
-    qkv_bias = False
-  else:  # Qwen2: q/k/v always have biases, o_proj never does.
+  if family == "qwen2":  # q/k/v always have biases, o_proj never does.
     qkv_bias = True
     layer_types = hf.get("layer_types") or []
     if hf.get("use_sliding_window") or any(t != "full_attention" for t in layer_types):
       raise ValueError("Qwen2 sliding-window attention is not supported")
+  else:  # Llama, Mistral: no biases
+    if hf.get("attention_bias"):
+      raise ValueError(f"{arch} with attention_bias=True is not supported: it adds an "
+                       "o_proj bias, which ttc_jax does not have")
+    qkv_bias = False
   # pretraining_tp only changes how HF splits the matmuls: the same model, ignored.
   n_heads = int(hf["num_attention_heads"])
   n_kv = hf.get("num_key_value_heads")
@@ -167,9 +177,23 @@ def _config_from_hf(hf_config: dict, allowed: dict[str, str]) -> ModelConfig:
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       qkv_bias=qkv_bias,
       activation="silu",
-      max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+      max_seq_len=_context_limit(hf, family),
       dtype="float32",
   )
+
+
+def _context_limit(hf: dict, family: str) -> int:
+  """max_position_embeddings, capped at a Mistral config's sliding window: up to
+  `sliding_window` tokens the window masks nothing (under either convention, a
+  window of W or W + 1 keys), so capping replaces implementing it."""
+  limit = int(hf.get("max_position_embeddings", 2048))
+  # Qwen2 configs carry an unused sliding_window (use_sliding_window is checked above).
+  window = hf.get("sliding_window") if family == "mistral" else None
+  if window is None:
+    return limit
+  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    raise ValueError(f"sliding_window must be a positive int or null, got {window!r}")
+  return min(limit, window)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -299,7 +323,7 @@ def _weight_files(path: str) -> dict[str, str]:
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: str = "float32") -> tuple[ModelConfig, dict]:
-  """Reads a local HF Llama / Qwen2 safetensors checkpoint directory.
+  """Reads a local HF Llama / Qwen2 / Mistral safetensors checkpoint directory.
 
   Returns (cfg with `dtype`, params pytree of jax arrays in `dtype`). Raises
   ValueError naming the HF tensor on a missing / unexpected tensor, a wrong
@@ -394,7 +418,7 @@ def _read_weights(path: str, cfg: ModelConfig, dtype: str, *, optional: set[str]
                  and n not in wanted_extra and not n.endswith(_HARMLESS_SUFFIXES))
   if extra:
     raise ValueError(f"checkpoint {path} has unexpected tensor(s) {extra}; they are not part "
-                     "of the supported Llama / Qwen2 layout")
+                     "of the supported Llama / Qwen2 / Mistral layout")
 
   abstract = abstract_params(cfg)
   params = jax.tree_util.tree_map(lambda _: None, abstract)

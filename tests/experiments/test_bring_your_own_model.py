@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.hf_utils import make_tiny_hf_model
+from tests.hf_utils import byte_level_bpe, make_tiny_hf_model
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +35,8 @@ def readme_commands() -> list[str]:
   return [c for c in commands if c.strip() and not re.match(r"^[A-Z_]+=\S+( [A-Z_]+=\S+)*$", c)]
 
 
-def _tokenizer_files(directory) -> None:
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  fast = Tokenizer(models.BPE())
-  fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  fast.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=320, show_progress=False,
-                                special_tokens=[BOS, EOS, TAG],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  fast.train_from_iterator([q + "\n" + s for q, s, _, _ in PROBLEMS] * 4, trainer)
+def _tokenizer_files(directory) -> int:
+  fast = byte_level_bpe([q + "\n" + s for q, s, _, _ in PROBLEMS] * 4, [BOS, EOS, TAG])
   fast.save(os.path.join(directory, "tokenizer.json"))
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as fh:
     json.dump({"bos_token": BOS, "eos_token": EOS}, fh)

@@ -1,8 +1,9 @@
 """HF PRM import (ttc_jax.verifier.hf_prm): per-step scores equal torch on tiny random checkpoints.
 
-Formats: "good_token" (Llama/Qwen2ForCausalLM, Math-Shepherd style) and
-"class_softmax" (Llama/Qwen2ForTokenClassification with a linear score head, and
-a hand-made Qwen2.5-Math-PRM layout: Linear, ReLU, Linear).
+Formats: "good_token" (Llama/Qwen2/MistralForCausalLM, Math-Shepherd style),
+"class_softmax" (Llama/Qwen2/MistralForTokenClassification with a linear score
+head, and a hand-made Qwen2.5-Math-PRM layout: Linear, ReLU, Linear) and
+"chat_good_token" (RLHFlow: a Llama read inside a chat template written here).
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from tests.hf_utils import make_hf_config, make_tiny_hf_model, perturb_weights  # noqa: E402
+from tests.hf_utils import (byte_level_bpe, hf_logits, make_hf_config,  # noqa: E402
+                            make_tiny_hf_model, perturb_weights, random_tokens)
 from ttc_jax import hf  # noqa: E402
+from ttc_jax.model import forward  # noqa: E402
+from ttc_jax.tokenizer import HFTokenizer, load_tokenizer  # noqa: E402
 from ttc_jax.verifier import VerifierConfig, init_head  # noqa: E402
-from ttc_jax.verifier.hf_prm import (TaggedRows, load_hf_prm, score_solutions,  # noqa: E402
-                                     tag_rows)
+from ttc_jax.verifier.hf_prm import (TaggedRows, chat_rows, load_hf_prm,  # noqa: E402
+                                     score_solutions, tag_rows)
 
 VOCAB = 64
 D = 32
 TAG, GOOD, BAD = 5, 7, 9
 TINY = dict(vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
 TOL = 1e-5
+WINDOW = 24  # the tiny Mistral's sliding window: longer than every `_rows` row (<= 16 tokens)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,10 +49,12 @@ def one_torch_thread():
 # ---------------------------------------------------------------- checkpoints
 
 def _token_classifier(arch: str, path, seed: int, **config_kwargs):
-  from transformers import LlamaForTokenClassification, Qwen2ForTokenClassification
+  from transformers import (LlamaForTokenClassification, MistralForTokenClassification,
+                            Qwen2ForTokenClassification)
   config = make_hf_config(arch, **TINY, **config_kwargs)
   torch.manual_seed(seed)
-  cls = {"llama": LlamaForTokenClassification, "qwen2": Qwen2ForTokenClassification}[arch]
+  cls = {"llama": LlamaForTokenClassification, "qwen2": Qwen2ForTokenClassification,
+         "mistral": MistralForTokenClassification}[arch]
   model = cls(config).to(torch.float32).eval()
   perturb_weights(model, seed)
   model.save_pretrained(os.fspath(path))
@@ -96,11 +103,15 @@ def checkpoints(tmp_path_factory):
       seed = 10 + len(built)
       if kind in ("llama_lm", "qwen2_lm"):
         model = make_tiny_hf_model(kind.split("_")[0], path, seed=seed, **TINY)
+      elif kind == "mistral_lm":
+        model = make_tiny_hf_model("mistral", path, seed=seed, sliding_window=WINDOW, **TINY)
       elif kind == "llama_tokcls":
         model = _token_classifier("llama", path, seed, num_labels=3)
       elif kind == "qwen2_tokcls":  # no score bias
         model = _token_classifier("qwen2", path, seed, num_labels=2,
                                   token_classification_bias=False)
+      elif kind == "mistral_tokcls":
+        model = _token_classifier("mistral", path, seed, num_labels=2)
       else:
         assert kind == "qwen_math_prm"
         model = _qwen_math_prm(path, seed)
@@ -169,7 +180,7 @@ def test_tag_rows_layout():
   np.testing.assert_array_equal(rows.lengths, [7, 2])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
 def test_good_token_matches_torch(checkpoints, arch):
   model, path = checkpoints(f"{arch}_lm")
   vcfg, params = load_hf_prm(path, "good_token", step_tag_id=TAG, good_token_id=GOOD,
@@ -186,10 +197,31 @@ def test_good_token_matches_torch(checkpoints, arch):
   _assert_steps_close(score_solutions(vcfg, params, rows, batch_size=3), want, (3, 1, 4, 0))
 
 
+def test_mistral_sliding_window_caps_the_context(checkpoints):
+  """Up to WINDOW tokens Mistral's sliding window hides nothing, so the import caps
+  max_seq_len there instead of implementing it: torch equals full attention before
+  position WINDOW and not after, and score_solutions refuses longer rows."""
+  model, path = checkpoints("mistral_lm")
+  vcfg, params = load_hf_prm(path, "good_token", step_tag_id=TAG, good_token_id=GOOD,
+                             bad_token_id=BAD)
+  assert vcfg.model.max_seq_len == WINDOW and not vcfg.model.qkv_bias
+  tokens = random_tokens(1, WINDOW + 8, VOCAB, seed=4)
+  want = hf_logits(model, tokens)[0]
+  got = np.asarray(jax.jit(forward, static_argnums=0)(vcfg.model, params["lm"], tokens)[0][0])
+  np.testing.assert_allclose(got[:WINDOW], want[:WINDOW], rtol=0, atol=1e-4)
+  assert np.abs(got[WINDOW:] - want[WINDOW:]).max() > 1e-2  # the window is real
+  fits = tag_rows([[1] * (WINDOW - 2)], [[[2]]], TAG)  # WINDOW tokens
+  assert [len(x) for x in score_solutions(vcfg, params, fits)] == [1]
+  with pytest.raises(ValueError, match=f"row 0 has {WINDOW + 1} tokens, more than the "
+                                       f"verifier's max_seq_len {WINDOW}"):
+    score_solutions(vcfg, params, tag_rows([[1] * (WINDOW - 1)], [[[2]]], TAG))
+
+
 @pytest.mark.parametrize("kind,classes,positive,hidden", [
     ("llama_tokcls", 3, 1, 0),
     ("llama_tokcls", 3, 2, 0),
     ("qwen2_tokcls", 2, 1, 0),
+    ("mistral_tokcls", 2, 0, 0),
     ("qwen_math_prm", 2, 1, D),
 ])
 def test_class_softmax_matches_torch(checkpoints, kind, classes, positive, hidden):
@@ -229,6 +261,104 @@ def test_bfloat16_backbone(checkpoints):
   assert np.abs(got - want).max() < 0.1
 
 
+# ---------------------------------------------------------------- chat format (RLHFlow)
+
+BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+HEADER = ("<|start_header_id|>", "<|end_header_id|>")
+CHAT_TEMPLATE = (  # Llama-3's turns, without its system header
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+QUESTION = "What is 3 + 4 * 2?"
+SOLUTIONS = [["First 4 * 2 = 8.", "Then 3 + 8 = 11.", "The answer is 11."],
+             ["3 + 4 = 7.", "7 * 2 = 14.\n", "The answer is 14."],
+             [],
+             ["The answer is 11."]]
+
+
+@pytest.fixture(scope="module")
+def chat_prm(tmp_path_factory):
+  """(torch Llama, transformers tokenizer, our HFTokenizer, directory): a tiny Llama
+  whose folder holds a byte-level BPE tokenizer with a Llama-3-style chat template."""
+  from transformers import PreTrainedTokenizerFast
+  path = tmp_path_factory.mktemp("chat_prm")
+  corpus = [QUESTION + " " + "\n".join(steps) for steps in SOLUTIONS] * 4
+  fast = byte_level_bpe(corpus, [BOS, EOS, EOT, *HEADER])
+  fast.save(str(path / "tokenizer.json"))
+  (path / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": BOS, "eos_token": EOS, "chat_template": CHAT_TEMPLATE,
+       "tokenizer_class": "PreTrainedTokenizerFast"}))
+  tok = load_tokenizer(path)
+  model = make_tiny_hf_model("llama", path, seed=20, **{**TINY, "vocab_size": tok.vocab_size})
+  return model, PreTrainedTokenizerFast.from_pretrained(str(path)), tok, str(path)
+
+
+@torch.no_grad()
+def _torch_chat_scores(model, reference, question, steps) -> np.ndarray:
+  """RLHFlow's recipe: per step, one pass over the chat up to its "+" answer (earlier
+  answers "+" too), softmax over the ["+", "-"] logits at position -3."""
+  plus, minus = reference.encode("+")[-1], reference.encode("-")[-1]
+  conversation, scores = [], []
+  for k, step in enumerate(steps):
+    conversation.append({"role": "user", "content": question + " " + step if k == 0 else step})
+    conversation.append({"role": "assistant", "content": "+"})
+    text = reference.apply_chat_template(conversation, tokenize=False)
+    ids = torch.as_tensor([reference.encode(text, add_special_tokens=False)])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -3, [plus, minus]]
+    scores.append(logits.softmax(dim=-1)[0, 0].item())
+  return np.asarray(scores, np.float32)
+
+
+def test_chat_good_token_matches_torch(chat_prm):
+  model, reference, tok, path = chat_prm
+  plus, minus = tok.encode("+")[-1], tok.encode("-")[-1]
+  assert (plus, minus) == (reference.encode("+")[-1], reference.encode("-")[-1])
+  vcfg, params = load_hf_prm(path, "chat_good_token", good_token_id=plus, bad_token_id=minus)
+  assert (vcfg.head, vcfg.good_token_id, vcfg.bad_token_id) == ("good_token", plus, minus)
+  rows = chat_rows(tok, [QUESTION] * len(SOLUTIONS), SOLUTIONS, plus)
+  assert not rows.prompt_lengths.any() and rows.lengths[2] == 0  # no steps: an empty row
+  # Each read is followed by the "+" answer, which the row holds after every step.
+  for i, steps in enumerate(SOLUTIONS):
+    at = np.flatnonzero(rows.reads[i])
+    assert len(at) == len(steps) and np.all(rows.tokens[i, at + 1] == plus)
+  want = [_torch_chat_scores(model, reference, QUESTION, steps) for steps in SOLUTIONS]
+  assert np.ptp(np.concatenate(want)) > 0.05
+  _assert_steps_close(score_solutions(vcfg, params, rows), want, (3, 3, 0, 1))
+  _assert_steps_close(score_solutions(vcfg, params, rows, batch_size=3), want, (3, 3, 0, 1))
+
+
+def test_chat_rows_checks(chat_prm):
+  _, _, tok, _ = chat_prm
+  plus, minus = tok.encode("+")[-1], tok.encode("-")[-1]
+  with pytest.raises(ValueError, match="assistant answer '\\+' after step 0 of solution 0 does "
+                                       f"not start with good_token_id {minus}"):
+    chat_rows(tok, [QUESTION], [["a step"]], minus)
+  with pytest.raises(ValueError, match="step 1 of solution 0 is empty"):
+    chat_rows(tok, [QUESTION], [["a step", " \n"]], plus)
+  with pytest.raises(ValueError, match="1 questions but 2 solutions"):
+    chat_rows(tok, [QUESTION], [["a"], ["b"]], plus)
+  # A template that numbers the turns renders a prefix differently inside the whole chat.
+  counting = HFTokenizer(tok.files()["tokenizer.json"], {
+      "bos_token": BOS, "eos_token": EOS,
+      "chat_template": "{{ messages | length }}" + CHAT_TEMPLATE})
+  with pytest.raises(ValueError, match="renders solution 0 up to step 0's user turn differently"):
+    chat_rows(counting, [QUESTION], [["a step"]], plus)
+  rows = chat_rows(tok, [QUESTION], [["a step"]], plus, width=64)
+  reads = rows.reads.copy()
+  reads[0, -1] = True  # a padding position
+  with pytest.raises(ValueError, match="reads must be bool"):
+    score_solutions(load_hf_prm(chat_prm[3], "chat_good_token", good_token_id=plus,
+                                bad_token_id=minus)[0], {}, rows._replace(reads=reads))
+
+
+def test_chat_format_is_refused_in_search():
+  from experiments import run_search
+  opts = run_search.Options(policy="policy", out_dir="out", policy_hf=True, dataset="math500",
+                            prm_hf=run_search.HfPrm("prm", "chat_good_token"))
+  with pytest.raises(ValueError, match="chat_good_token cannot run in search"):
+    run_search.check_sources(opts)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -245,6 +375,13 @@ def test_wrong_format_for_checkpoint(checkpoints):
     load_hf_prm(lm_path, "good_token", step_tag_id=TAG, good_token_id=GOOD)
   with pytest.raises(ValueError, match="PRM format must be one of"):
     load_hf_prm(lm_path, "value", step_tag_id=TAG)
+  with pytest.raises(ValueError, match="'chat_good_token' reads LM logits"):
+    load_hf_prm(cls_path, "chat_good_token", good_token_id=GOOD, bad_token_id=BAD)
+  with pytest.raises(ValueError, match="leave step_tag_id out"):
+    load_hf_prm(lm_path, "chat_good_token", step_tag_id=TAG, good_token_id=GOOD,
+                bad_token_id=BAD)
+  with pytest.raises(ValueError, match="format 'good_token' needs step_tag_id"):
+    load_hf_prm(lm_path, "good_token", good_token_id=GOOD, bad_token_id=BAD)
   # The plain loaders point at each other.
   with pytest.raises(ValueError, match="supported: LlamaForCausalLM.*load_backbone"):
     hf.load_checkpoint(cls_path)

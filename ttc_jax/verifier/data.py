@@ -191,7 +191,7 @@ def _encode(task: Task, tokenizer, problem: Problem, completion: str) -> _Encode
 
   Prompt and completion are encoded separately, as training and decoding do.
   """
-  prompt = [tokenizer.bos_id] + tokenizer.encode(task.prompt(problem))
+  prompt = task.prompt_ids(tokenizer, problem)
   body = tokenizer.encode(completion)
   newline = tokenizer.newline_id
   ends = [len(prompt) + i for i, t in enumerate(body) if t == newline]

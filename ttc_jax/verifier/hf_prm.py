@@ -1,18 +1,29 @@
-"""Process reward models (PRMs) from Hugging Face checkpoints (Llama / Qwen2 backbones).
+"""Process reward models (PRMs) from Hugging Face checkpoints (Llama / Qwen2 / Mistral).
 
-Both common formats read one score per step at a step tag token placed after
-each step, from one forward pass:
+Every format reads one score per step from one forward pass over the whole
+solution. The first two read it at a step tag token placed after each step:
 
-  "good_token"     Math-Shepherd / RLHFlow style: a causal LM (LlamaForCausalLM,
-                   Qwen2ForCausalLM). Step score = softmax of the LM logits over
-                   [good, bad] at the tag, probability of good, which equals
-                   sigmoid(l_good - l_bad): the project's "good_token" head.
-  "class_softmax"  Qwen2.5-Math-PRM style: the backbone plus a `score` head at the
-                   tag, softmax over its classes, probability of `positive_class`.
-                   Either transformers' Llama/Qwen2ForTokenClassification (one linear
-                   `score.weight` [C, D], optional `score.bias`) or the
-                   Qwen2.5-Math-PRM layout (`score.0` Linear(D, D), ReLU, `score.2`
-                   Linear(D, 2)), config architecture "Qwen2ForProcessRewardModel".
+  "good_token"      Math-Shepherd style: a causal LM (Llama/Qwen2/MistralForCausalLM;
+                    Math-Shepherd's release is a Mistral). Step score = softmax of the
+                    LM logits over [good, bad] at the tag, probability of good, which
+                    equals sigmoid(l_good - l_bad): the project's "good_token" head.
+  "class_softmax"   Qwen2.5-Math-PRM style: the backbone plus a `score` head at the
+                    tag, softmax over its classes, probability of `positive_class`.
+                    Either transformers' Llama/Qwen2/MistralForTokenClassification (one
+                    linear `score.weight` [C, D], optional `score.bias`) or the
+                    Qwen2.5-Math-PRM layout (`score.0` Linear(D, D), ReLU, `score.2`
+                    Linear(D, 2)), config architecture "Qwen2ForProcessRewardModel".
+  "chat_good_token" RLHFlow style (Llama3.1-8B-PRM-Deepseek-Data): the same causal-LM
+                    read, inside a chat. The question + " " + step 1 is the first user
+                    turn, each later step a user turn, each assistant turn the good
+                    token's text ("+"); step k's score is P(good) / (P(good) + P(bad))
+                    at the position before the k-th assistant answer. `chat_rows`
+                    builds the rows from the tokenizer's chat template and marks those
+                    positions. Host-side only (`score_solutions`): search reads scores
+                    at one tag token per step and cannot place a chat template.
+
+Mistral's sliding-window attention is not implemented: its `max_seq_len` is
+capped at the window (`ttc_jax.hf`), and `score_solutions` refuses longer rows.
 
 Token ids are ints: resolve strings with the checkpoint's own tokenizer. With
 `tok = transformers.AutoTokenizer.from_pretrained(path)`:
@@ -32,7 +43,16 @@ Token ids are ints: resolve strings with the checkpoint's own tokenizer. With
                                        "answer within \\\\boxed{}."},
          {"role": "user", "content": question}], add_generation_prompt=True)
 
-  then, for any format::
+  RLHFlow's Llama3.1-8B-PRM (a chat, no tag; "+" and "-" are ids 10 and 12)::
+
+    plus, minus = tok.encode("+")[-1], tok.encode("-")[-1]
+    vcfg, params = load_hf_prm(path, "chat_good_token", good_token_id=plus,
+                               bad_token_id=minus)
+    rows = chat_rows(ttc_jax.tokenizer.load_tokenizer(path), [question] * len(solutions),
+                     solutions, plus)  # solutions: lists of step strings
+    probs = score_solutions(vcfg, params, rows)
+
+  then, for the tag formats::
 
     enc = lambda text: tok.encode(text, add_special_tokens=False)
     rows = tag_rows([prompt] * len(solutions),
@@ -46,13 +66,10 @@ Tokenizing steps one by one can split text differently from tokenizing the
 joined solution; when exact agreement with a reference script matters, build
 `TaggedRows` from the whole-text tokenization instead (tags at the step ends).
 
-Not supported: other backbones (Math-Shepherd's released checkpoint is a
-MistralForCausalLM, which `ttc_jax.hf` does not read); value-head PRMs
-(Skywork-PRM, TRL's ...WithValueHead); single-label / sigmoid classification
-heads; PRMs that read "+"/"-" as a chat reply after a multi-token template
-(RLHFlow's Llama3.1-8B-PRM) rather than at one tag token (score those with
-`score_rows` and gather at your own positions). Search needs the PRM to share
-the policy's vocabulary (`check_compatible`).
+Not supported: other backbones; value-head PRMs (Skywork-PRM, TRL's
+...WithValueHead); single-label / sigmoid classification heads; chat-format
+PRMs in search. Search needs the PRM to share the policy's vocabulary
+(`check_compatible`).
 """
 
 from __future__ import annotations
@@ -69,7 +86,8 @@ import numpy as np
 from ttc_jax import hf
 from ttc_jax.verifier.model import VerifierConfig, score_rows
 
-FORMATS = ("good_token", "class_softmax", "auto")
+FORMATS = ("good_token", "class_softmax", "chat_good_token", "auto")
+_LM_FORMATS = ("good_token", "chat_good_token")  # read the LM logits
 # Linear(D, H), ReLU, Linear(H, C) as nn.Sequential indices (Qwen2.5-Math-PRM).
 _HIDDEN_NAMES = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
 _LINEAR_NAMES = ("score.weight", "score.bias")
@@ -88,36 +106,44 @@ def resolve_format(path, fmt: str = "auto") -> str:
   return "good_token" if causal else "class_softmax"
 
 
-def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int, good_token_id: int | None = None,
-                bad_token_id: int | None = None, positive_class: int = 1,
-                dtype: str = "float32") -> tuple[VerifierConfig, dict]:
+def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int | None = None,
+                good_token_id: int | None = None, bad_token_id: int | None = None,
+                positive_class: int = 1, dtype: str = "float32") -> tuple[VerifierConfig, dict]:
   """A PRM checkpoint directory -> (VerifierConfig, params {"lm", "head"}) for `score_rows`.
 
   fmt: "good_token" (a causal LM; needs good_token_id and bad_token_id),
   "class_softmax" (a token-classification / process-reward checkpoint; reads
-  P(positive_class)) or "auto" (picked from config.json's architecture).
+  P(positive_class)), "chat_good_token" (a causal LM read like "good_token" at
+  the positions `chat_rows` marks; no step_tag_id: the config's step_token_id is
+  the good token, unused) or "auto" (from config.json's architecture: never chat).
   dtype: the backbone's dtype ("float32" or "bfloat16"); the head stays f32.
   """
   fmt = resolve_format(path, fmt)
   arch = hf.checkpoint_architecture(path)
   vocab_size = _config_vocab_size(path)  # ids are checked before the weights are read
   is_lm = arch in hf.SUPPORTED_ARCHITECTURES
-  if fmt == "good_token" and not is_lm:
-    raise ValueError(f"format 'good_token' reads LM logits, but {path} is a {arch} (a "
+  if fmt in _LM_FORMATS and not is_lm:
+    raise ValueError(f"format {fmt!r} reads LM logits, but {path} is a {arch} (a "
                      "classification head, no LM head): use fmt='class_softmax'")
   if fmt == "class_softmax" and is_lm:
     raise ValueError(f"format 'class_softmax' needs a classification head (score.*), but "
                      f"{path} is a causal LM ({arch}): use fmt='good_token' with good and bad "
                      "token ids")
-  if fmt == "good_token":
+  if fmt == "chat_good_token" and step_tag_id is not None:
+    raise ValueError("format 'chat_good_token' reads before each assistant answer (`chat_rows` "
+                     "marks where), not at a step tag: leave step_tag_id out")
+  if fmt != "chat_good_token" and step_tag_id is None:
+    raise ValueError(f"format {fmt!r} needs step_tag_id (the token read after each step)")
+  if fmt in _LM_FORMATS:
     if good_token_id is None or bad_token_id is None:
-      raise ValueError("format 'good_token' needs good_token_id and bad_token_id")
-    _check_ids(vocab_size, step_tag_id=step_tag_id, good_token_id=good_token_id,
+      raise ValueError(f"format {fmt!r} needs good_token_id and bad_token_id")
+    tag = good_token_id if step_tag_id is None else step_tag_id
+    _check_ids(vocab_size, step_tag_id=tag, good_token_id=good_token_id,
                bad_token_id=bad_token_id)
     if good_token_id == bad_token_id:
       raise ValueError(f"good_token_id and bad_token_id must differ, both are {good_token_id}")
     cfg, lm = hf.load_checkpoint(path, dtype)
-    vcfg = VerifierConfig(model=cfg, head="good_token", step_token_id=int(step_tag_id),
+    vcfg = VerifierConfig(model=cfg, head="good_token", step_token_id=int(tag),
                           good_token_id=int(good_token_id), bad_token_id=int(bad_token_id))
     return vcfg, {"lm": lm, "head": {}}
 
@@ -206,11 +232,27 @@ class TaggedRows(NamedTuple):
   """Right-padded (prompt + solution) rows for `score_solutions`.
 
   tokens [B, T] int32; prompt_lengths, lengths [B] int32. The solution is
-  tokens[prompt_length:length]; a step score is read at every step tag in it.
+  tokens[prompt_length:length]. reads: bool [B, T], where step scores are read
+  (`chat_rows`); None: at every step tag in the solution (`tag_rows`).
   """
   tokens: np.ndarray
   prompt_lengths: np.ndarray
   lengths: np.ndarray
+  reads: np.ndarray | None = None
+
+
+def _padded(rows: Sequence[list[int]], pad_id: int,
+            width: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens [B, width] right-padded with pad_id, lengths [B]); width None: the longest row."""
+  lengths = [len(r) for r in rows]
+  longest = max(lengths, default=0)
+  width = longest if width is None else width
+  if width < longest:
+    raise ValueError(f"width {width} is shorter than the longest row ({longest} tokens)")
+  tokens = np.full((len(rows), width), pad_id, np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  return tokens, np.asarray(lengths, np.int32)
 
 
 def tag_rows(prompt_ids: Sequence[Sequence[int]], step_ids_list: Sequence[Sequence[Sequence[int]]],
@@ -236,15 +278,69 @@ def tag_rows(prompt_ids: Sequence[Sequence[int]], step_ids_list: Sequence[Sequen
                          f"{step_tag_id}: it would be scored as an extra step")
       row += step + [step_tag_id]
     rows.append(row)
-  lengths = [len(r) for r in rows]
-  longest = max(lengths, default=0)
-  width = longest if width is None else width
-  if width < longest:
-    raise ValueError(f"width {width} is shorter than the longest row ({longest} tokens)")
-  tokens = np.full((len(rows), width), pad_id, np.int32)
-  for i, row in enumerate(rows):
-    tokens[i, :len(row)] = row
-  return TaggedRows(tokens, np.asarray(prompt_lengths, np.int32), np.asarray(lengths, np.int32))
+  tokens, lengths = _padded(rows, pad_id, width)
+  return TaggedRows(tokens, np.asarray(prompt_lengths, np.int32), lengths)
+
+
+def chat_rows(tokenizer, questions: Sequence[str], solutions: Sequence[Sequence[str]],
+              good_token_id: int, *, answer: str = "+", separator: str = " ", pad_id: int = 0,
+              width: int | None = None) -> TaggedRows:
+  """RLHFlow-style rows for format "chat_good_token": one conversation per solution.
+
+  Turns: user question + separator + step 1, assistant `answer`, user step 2,
+  assistant `answer`, ... (RLHFlow fills every assistant turn with "+"). Step
+  k's score is read at the last token of the conversation up to its user turn
+  plus the generation prompt: where the model predicts the k-th answer. A
+  causal model sees there exactly what RLHFlow's pass over turns 1..k sees, so
+  one pass scores every step. The rows have no prompt (prompt_lengths 0); a
+  solution without steps is an empty row.
+
+  tokenizer: a `ttc_jax.tokenizer.HFTokenizer` with a chat template; good_token_id:
+  the PRM's good token, which the answer must start with in the rendered chat.
+  Raises when the template does not render each conversation prefix as a token
+  prefix of the whole conversation (then one pass cannot stand for RLHFlow's
+  per-step passes).
+  """
+  if len(questions) != len(solutions):
+    raise ValueError(f"{len(questions)} questions but {len(solutions)} solutions")
+  rows, reads = [], []
+  for i, (question, steps) in enumerate(zip(questions, solutions)):
+    row, at = _chat_row(tokenizer, question, steps, good_token_id, answer, separator, i)
+    rows.append(row)
+    reads.append(at)
+  tokens, lengths = _padded(rows, pad_id, width)
+  mask = np.zeros(tokens.shape, bool)
+  for i, at in enumerate(reads):
+    mask[i, at] = True
+  return TaggedRows(tokens, np.zeros(len(rows), np.int32), lengths, mask)
+
+
+def _chat_row(tokenizer, question: str, steps: Sequence[str], good_token_id: int, answer: str,
+              separator: str, i: int) -> tuple[list[int], list[int]]:
+  """(tokens, read positions) of solution i's conversation (see `chat_rows`)."""
+  render = lambda messages, ask: tokenizer.encode(
+      tokenizer.apply_chat_template(messages, add_generation_prompt=ask))
+  messages, asked = [], []
+  for j, step in enumerate(steps):
+    if not step.strip():
+      raise ValueError(f"step {j} of solution {i} is empty")
+    messages.append({"role": "user", "content": question + separator + step if j == 0 else step})
+    asked.append(render(messages, True))
+    messages.append({"role": "assistant", "content": answer})
+  if not steps:
+    return [], []
+  row = render(messages, False)
+  for j, prefix in enumerate(asked):
+    n = len(prefix)
+    if row[:n] != prefix:
+      raise ValueError(f"the chat template renders solution {i} up to step {j}'s user turn "
+                       "differently from the same turns inside the whole conversation: its "
+                       "steps cannot be scored from one pass")
+    if not 0 < n < len(row) or row[n] != good_token_id:
+      raise ValueError(f"assistant answer {answer!r} after step {j} of solution {i} does not "
+                       f"start with good_token_id {good_token_id} in the rendered chat "
+                       f"(got {row[n:n + 3]})")
+  return row, [len(prefix) - 1 for prefix in asked]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -254,7 +350,8 @@ def _row_scores(vcfg: VerifierConfig, params: dict, tokens, prompt_lengths, leng
 
 def score_solutions(vcfg: VerifierConfig, params: dict, rows: TaggedRows, *,
                     batch_size: int | None = None) -> list[np.ndarray]:
-  """Per-step probabilities [num_steps] (f32) of each row, read at its step tags.
+  """Per-step probabilities [num_steps] (f32) of each row, read at its step tags
+  (or where `rows.reads` says).
 
   One `score_rows` forward pass per batch of `batch_size` rows (default: all;
   the last batch is padded with empty rows so every batch has one shape).
@@ -268,7 +365,20 @@ def score_solutions(vcfg: VerifierConfig, params: dict, rows: TaggedRows, *,
                      f"be [{b}] for tokens {tokens.shape}")
   if np.any(prompt_lengths < 0) or np.any(prompt_lengths > lengths) or np.any(lengths > t):
     raise ValueError("need 0 <= prompt_length <= length <= tokens.shape[1] for every row")
+  limit = vcfg.model.max_seq_len
+  if b and lengths.max() > limit:  # past it a Mistral's sliding window would hide keys
+    raise ValueError(f"row {int(lengths.argmax())} has {lengths.max()} tokens, more than the "
+                     f"verifier's max_seq_len {limit} (a Mistral checkpoint's sliding_window "
+                     "caps it: ttc_jax.hf)")
   pos = np.arange(t)[None, :]
+  solution = (pos >= prompt_lengths[:, None]) & (pos < lengths[:, None])
+  if rows.reads is None:
+    reads = solution & (tokens == vcfg.step_token_id)
+  else:
+    reads = np.asarray(rows.reads, bool)
+    if reads.shape != (b, t) or np.any(reads & ~solution):
+      raise ValueError(f"reads must be bool [{b}, {t}] and lie in each row's solution "
+                       "[prompt_length, length)")
   used = tokens[pos < lengths[:, None]]
   v = vcfg.model.vocab_size
   if used.size and (used.min() < 0 or used.max() >= v):
@@ -287,9 +397,7 @@ def score_solutions(vcfg: VerifierConfig, params: dict, rows: TaggedRows, *,
                          jnp.asarray(pad(lengths)))
     scores.append(np.asarray(got, np.float32)[:n])
   scores = np.concatenate(scores)
-  tags = (tokens == vcfg.step_token_id) & (pos >= prompt_lengths[:, None]) & (
-      pos < lengths[:, None])
-  return [scores[i][tags[i]] for i in range(b)]
+  return [scores[i][reads[i]] for i in range(b)]
 
 
-__all__ = ["FORMATS", "TaggedRows", "load_hf_prm", "score_solutions", "tag_rows"]
+__all__ = ["FORMATS", "TaggedRows", "chat_rows", "load_hf_prm", "score_solutions", "tag_rows"]
