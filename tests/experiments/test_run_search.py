@@ -229,3 +229,12 @@ def test_resolve_parallel_refuses(spec, n, message):
 def test_revisions_need_a_revision_model(tmp_path):
   with pytest.raises(ValueError, match="--revision_model"):
     run_search.expand_grid(_opts("unused", tmp_path, methods=("revisions",)))
+
+
+def test_chat_prompts_need_a_benchmark_dataset(tmp_path):
+  with pytest.raises(ValueError, match="--chat"):
+    run_search.check_sources(_opts("unused", tmp_path, chat=True))
+  chat = _opts("unused", tmp_path, dataset="gsm8k", chat=True)
+  assert run_search.task_options(chat)["chat"] is True
+  assert chat.settings()["chat"] is True  # an out_dir made without it refuses to resume
+  assert "chat" not in _opts("unused", tmp_path, dataset="gsm8k").settings()
