@@ -31,16 +31,20 @@ from ttc_jax.revision import select
 from ttc_jax.revision.chains import RevisionConfig, run_chains
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Revision model (train_revision --out_dir) or a policy run.")
-flags.DEFINE_integer("questions", 200, "First K test questions.", lower_bound=1)
-flags.DEFINE_integer("parallel", 1, "Chains per question (P).", lower_bound=1)
-flags.DEFINE_integer("length", 8, "Attempts per chain (L).", lower_bound=1)
-flags.DEFINE_integer("window", 4, "Previous attempts in the context.", lower_bound=1)
-flags.DEFINE_integer("max_attempt_tokens", 88, "Tokens per attempt.", lower_bound=1)
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("json_out", None, "Write the report here (else print only).")
-flags.mark_flag_as_required("model")
+
+
+def define_flags() -> None:
+  """Only when run as a script: tests import probe_report beside other scripts' flags."""
+  flags.DEFINE_string("model", None, "Revision model (train_revision --out_dir) or a policy run.")
+  flags.DEFINE_integer("questions", 200, "First K test questions.", lower_bound=1)
+  flags.DEFINE_integer("parallel", 1, "Chains per question (P).", lower_bound=1)
+  flags.DEFINE_integer("length", 8, "Attempts per chain (L).", lower_bound=1)
+  flags.DEFINE_integer("window", 4, "Previous attempts in the context.", lower_bound=1)
+  flags.DEFINE_integer("max_attempt_tokens", 88, "Tokens per attempt.", lower_bound=1)
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("json_out", None, "Write the report here (else print only).")
+  flags.mark_flag_as_required("model")
 
 
 def chain_texts(tokens: np.ndarray, num_new: np.ndarray, tokenizer) -> list[str]:
@@ -89,4 +93,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
