@@ -52,6 +52,13 @@ def split_steps(text: str) -> list[str]:
     return steps
 
 
+def paired(problems: Sequence[Problem], completions: Sequence[str]):
+    """zip(problems, completions), refusing lists of different lengths."""
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+    return zip(problems, completions)
+
+
 class Task(abc.ABC):
     """A family of problems with an exact grader and an exact step checker."""
 
@@ -101,9 +108,7 @@ class Task(abc.ABC):
     def grade_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[bool]:
         """`grade` of each (problem, completion) pair; tasks with slow graders
         override it to grade in parallel."""
-        if len(problems) != len(completions):
-            raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-        return [self.grade(p, c) for p, c in zip(problems, completions)]
+        return [self.grade(p, c) for p, c in paired(problems, completions)]
 
     def split_steps(self, text: str) -> list[str]:
         return split_steps(text)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ttc_jax.tasks.base import STEP_DELIMITER, Problem, Task
+from ttc_jax.tasks.base import STEP_DELIMITER, Problem, Task, paired
 from ttc_jax.tasks.grading import (
     Grader,
     canonical_number,
@@ -367,10 +367,8 @@ class MathTask(BenchmarkTask):
         return self.grader.grade(extract_math_answer(completion), problem.answer)
 
     def grade_many(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[bool]:
-        if len(problems) != len(completions):
-            raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
         return self.grader.grade_many(
-            (extract_math_answer(c), p.answer) for p, c in zip(problems, completions))
+            (extract_math_answer(c), p.answer) for p, c in paired(problems, completions))
 
 
 class Gsm8kTask(BenchmarkTask):
