@@ -23,33 +23,30 @@ import numpy as np
 import tqdm
 
 from ttc_jax import distributed, sharding
-from ttc_jax.checkpoints import load_hf_policy, load_policy, write_json_atomic
+from ttc_jax.checkpoints import load_policy_source, write_json_atomic
 from ttc_jax.decode import Greedy, Temperature
 from ttc_jax.evaluation import coverage, pass_rate_histogram, sample_solutions
+from ttc_jax.tasks.spec import DatasetSpec
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Training run directory (train_policy --out_dir).")
-flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 / Mistral folder "
-                    "(with its tokenizer); needs --dataset.")
-flags.DEFINE_string("dataset", "arithmetic", "'arithmetic' (the run's built-in task), "
-                    "'math500' or 'gsm8k'.")
-flags.DEFINE_string("data_path", None, "The dataset's JSONL (default: ../shared/data/...).")
-flags.DEFINE_integer("num_shots", 4, "Few-shot examples per prompt (math500, gsm8k).")
-flags.DEFINE_bool("chat", False, "Instruct models: prompt through the tokenizer's chat "
-                  "template (math500, gsm8k).")
-flags.DEFINE_integer("num_questions", 500, "K questions, evenly strided over the test set.")
-flags.DEFINE_integer("samples", 16, "Samples per question for pass@1 / coverage.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-flags.DEFINE_integer("max_new_tokens", 112, "Generation limit per solution.")
-flags.DEFINE_integer("batch_size", 256, "Rows (question x sample) per decode call.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("json_out", None, "Output JSON file (default: CHECKPOINT/eval.json).")
-flags.DEFINE_integer("mesh_data", None, "Data-parallel devices (default: all). On a CPU "
-                     "backend, --local_device_count=2 makes two XLA:CPU devices, which decode "
-                     "~1.6x faster on 2 cores than one (BUILD_NOTES.md).")
-flags.DEFINE_integer("mesh_model", 1, "Model-parallel devices.")
-flags.mark_flags_as_mutual_exclusive(["checkpoint", "policy_hf"], required=True)
-distributed.define_flags()
+
+
+def define_flags() -> None:
+  """The CLI flags (defined only when run as a script, so tests import `evaluate`)."""
+  from experiments import dataset_flags
+  dataset_flags.define(policy_flag="checkpoint")
+  flags.DEFINE_integer("num_questions", 500, "K questions, evenly strided over the test set.")
+  flags.DEFINE_integer("samples", 16, "Samples per question for pass@1 / coverage.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  flags.DEFINE_integer("max_new_tokens", 112, "Generation limit per solution.")
+  flags.DEFINE_integer("batch_size", 256, "Rows (question x sample) per decode call.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("json_out", None, "Output JSON file (default: CHECKPOINT/eval.json).")
+  flags.DEFINE_integer("mesh_data", None, "Data-parallel devices (default: all). On a CPU "
+                       "backend, --local_device_count=2 makes two XLA:CPU devices, which "
+                       "decode ~1.6x faster on 2 cores than one (BUILD_NOTES.md).")
+  flags.DEFINE_integer("mesh_model", 1, "Model-parallel devices.")
+  distributed.define_flags()
 
 
 def _breakdown(problems, greedy_correct, sample_correct, keys) -> dict:
@@ -67,14 +64,10 @@ def _breakdown(problems, greedy_correct, sample_correct, keys) -> dict:
 
 def evaluate(checkpoint: str, num_questions: int, samples: int, temperature: float,
              max_new_tokens: int, batch_size: int, seed: int, mesh=None, hf: bool = False,
-             dataset: str = "arithmetic", **task_options) -> dict:
-  """task_options: data_path, num_shots (datasets other than the built-in task)."""
-  from experiments.run_search import load_task
-  if hf and dataset == "arithmetic":
-    raise ValueError("--policy_hf needs --dataset (math500, gsm8k): the built-in task is read "
-                     "from a training run directory")
-  task = load_task(dataset, checkpoint, **task_options)  # bad data fails before loading
-  cfg, params, tokenizer = load_hf_policy(checkpoint) if hf else load_policy(checkpoint)
+             spec: DatasetSpec = DatasetSpec()) -> dict:
+  """hf: checkpoint is a Hugging Face folder. spec: the task (default: the run's own)."""
+  task = spec.load(None if hf else checkpoint)  # bad data fails before loading
+  cfg, params, tokenizer = load_policy_source(checkpoint, hf)
   if mesh is not None:
     params = sharding.shard_params(params, cfg, mesh)
   if num_questions < 1:
@@ -131,14 +124,16 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   distributed.initialize_from_flags()
   mesh = sharding.make_mesh(data=FLAGS.mesh_data, model=FLAGS.mesh_model)
-  if FLAGS.chat and FLAGS.dataset == "arithmetic":
-    raise app.UsageError("--chat needs --dataset=math500|gsm8k (an instruct model's prompts)")
-  options = ({} if FLAGS.dataset == "arithmetic" else
-             dict(data_path=FLAGS.data_path, num_shots=FLAGS.num_shots, chat=FLAGS.chat))
-  policy = FLAGS.checkpoint or FLAGS.policy_hf
+  from experiments import dataset_flags
+  spec = dataset_flags.spec(FLAGS)
+  policy, hf = dataset_flags.policy(FLAGS, "checkpoint")
+  try:
+    spec.check(hf_policy=hf)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   result = evaluate(policy, FLAGS.num_questions, FLAGS.samples, FLAGS.temperature,
-                    FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed, mesh=mesh,
-                    hf=bool(FLAGS.policy_hf), dataset=FLAGS.dataset, **options)
+                    FLAGS.max_new_tokens, FLAGS.batch_size, FLAGS.seed, mesh=mesh, hf=hf,
+                    spec=spec)
   out = FLAGS.json_out or os.path.join(policy, "eval.json")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json_atomic(out, result)
@@ -147,4 +142,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

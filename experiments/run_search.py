@@ -81,8 +81,7 @@ import numpy as np
 import tqdm
 
 from ttc_jax import atomic
-from ttc_jax.checkpoints import (load_hf_policy, load_policy, load_run_task,
-                                 write_json_atomic)
+from ttc_jax.checkpoints import load_policy, load_policy_source, write_json_atomic
 from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.samplers import Temperature
 from ttc_jax.evaluation import prompt_ids, token_ends
@@ -91,6 +90,7 @@ from ttc_jax.revision.api import revise
 from ttc_jax.revision.chains import RevisionConfig
 from ttc_jax.search import METHODS, SearchConfig, SearchOutput, search
 from ttc_jax.search.selection import SELECTIONS, answer_ids
+from ttc_jax.tasks.spec import DatasetSpec
 from ttc_jax.verifier.aggregate import AGGREGATIONS
 from ttc_jax.verifier.model import VerifierConfig, check_compatible, init_verifier
 
@@ -158,18 +158,20 @@ class Options:
       extra["policy_format"] = "hf"
     if self.prm_hf:
       extra["prm_hf"] = self.prm_hf.settings()
-    if self.dataset != "arithmetic":
-      extra.update(data_path=self.data_path and os.path.abspath(self.data_path),
-                   shots_path=self.shots_path and os.path.abspath(self.shots_path),
-                   num_shots=self.num_shots, solution_end="eos or blank line")
-      if self.chat:  # absent when off: run.json files from before the flag still match
-        extra["chat"] = True
+    if not self.spec.built_in:
+      extra.update({k: v for k, v in self.spec.record().items() if k != "dataset"},
+                   solution_end="eos or blank line")
     return dict(policy=os.path.abspath(self.policy), revision_model=revision_model,
                 prm=self.prm if self.prm == POLICY_LOGPROB else os.path.abspath(self.prm),
                 dataset=self.dataset, split=self.split, question_order=self.question_order,
                 max_step_tokens=self.max_step_tokens,
                 max_solution_tokens=self.max_solution_tokens, max_rounds=self.max_rounds,
                 max_steps=self.max_steps, **extra)
+
+  @property
+  def spec(self) -> DatasetSpec:
+    return DatasetSpec(dataset=self.dataset, data_path=self.data_path,
+                       shots_path=self.shots_path, num_shots=self.num_shots, chat=self.chat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,9 +353,7 @@ def copied_line(line: dict, config: Config, seed: int, source: Config) -> dict:
 
 def check_sources(opts: Options) -> None:
   """Model / data flag combinations that cannot work, before anything loads."""
-  if opts.policy_hf and opts.dataset == "arithmetic":
-    raise ValueError("--policy_hf needs a --dataset (math500, gsm8k): the built-in task is "
-                     "read from a policy run directory")
+  opts.spec.check(hf_policy=opts.policy_hf)
   if opts.prm_hf and opts.prm != POLICY_LOGPROB:
     raise ValueError("give --prm or --prm_hf, not both")
   if opts.prm_hf and opts.prm_hf.format == "chat_good_token":
@@ -361,11 +361,6 @@ def check_sources(opts: Options) -> None:
                      "inside a chat template between the steps, while search reads one tag "
                      "token per step. Score finished solutions with ttc_jax.verifier.hf_prm."
                      "chat_rows + score_solutions, or use --prm_format=good_token")
-  if opts.num_shots < 0:
-    raise ValueError(f"--num_shots must be >= 0, got {opts.num_shots}")
-  if opts.chat and opts.dataset == "arithmetic":
-    raise ValueError("--chat prompts an instruct model on --dataset=math500|gsm8k; the "
-                     "built-in task's policies take its own prompt")
 
 
 def selection_keys(selections: Sequence[str], aggregations: Sequence[str]) -> list[str]:
@@ -450,7 +445,7 @@ def with_step_ends(vcfg: VerifierConfig, step_ends: tuple[int, ...]) -> Verifier
 
 def load_policy_any(opts: Options) -> tuple:
   """(cfg, params, tokenizer) of --policy (a run directory) or --policy_hf (a HF folder)."""
-  return load_hf_policy(opts.policy) if opts.policy_hf else load_policy(opts.policy)
+  return load_policy_source(opts.policy, opts.policy_hf)
 
 
 def load_revision_model(path: str, tokenizer) -> tuple:
@@ -461,21 +456,9 @@ def load_revision_model(path: str, tokenizer) -> tuple:
   return rcfg, rparams
 
 
-def load_task(dataset: str, policy_dir: str, **options):
-  """The task behind --dataset: "arithmetic" is the policy run's own (its
-  options); any other name is a registered reader (MATH-500, GSM8K) built
-  with `options` (data_path, shots_path, num_shots)."""
-  if dataset == "arithmetic":
-    return load_run_task(policy_dir)
-  from ttc_jax.tasks import get_task
-  return get_task(dataset, **options)
-
-
-def task_options(opts: Options) -> dict:
-  if opts.dataset == "arithmetic":
-    return {}
-  return dict(data_path=opts.data_path, shots_path=opts.shots_path, num_shots=opts.num_shots,
-              chat=opts.chat)
+def load_task(opts: Options):
+  """The task behind --dataset (`DatasetSpec.load`)."""
+  return opts.spec.load(None if opts.policy_hf else opts.policy)
 
 
 def question_order(count: int, order: str) -> np.ndarray:
@@ -701,7 +684,7 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
   pcfg, pparams, tokenizer = load_policy_any(opts)
   vcfg, vparams = (load_hf_prm_spec(opts.prm_hf, pcfg, tokenizer) if opts.prm_hf else
                    load_prm(opts.prm, pcfg, pparams, tokenizer))
-  task = load_task(opts.dataset, opts.policy, **task_options(opts))
+  task = load_task(opts)
   step_ends, ends = token_ends(tokenizer, task)
   vcfg = with_step_ends(vcfg, step_ends)
   reviser = load_revision_model(opts.revision_model, tokenizer) if any(
@@ -788,6 +771,7 @@ def run(opts: Options, print_fn: Callable[[str], None] = print, progress: bool =
 
 def _define_flags():
   from absl import flags
+  from experiments import dataset_flags
   flags.DEFINE_list("method", ["best_of_n"], f"Methods, of {list(METHODS) + [REVISIONS]}.")
   flags.DEFINE_list("n", ["4"], "Budgets N (generations per question).")
   flags.DEFINE_list("m", ["4"], "Beam / subtree widths M: ints, or 'sqrt' for M = sqrt(N).")
@@ -805,23 +789,12 @@ def _define_flags():
   flags.DEFINE_list("selection", ["majority", "best_of_n", "weighted"], "Selections recorded.")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
   flags.DEFINE_list("seeds", ["0"], "Search seeds.")
-  flags.DEFINE_string("dataset", "arithmetic", "'arithmetic' (the policy run's built-in task) "
-                      "or a registered task name (e.g. a MATH / GSM8K reader).")
   flags.DEFINE_enum("split", "test", ["test", "train"], "Question split.")
   flags.DEFINE_integer("num_questions", None, "Questions (default: the whole split).")
   flags.DEFINE_integer("question_offset", 0, "Skip this many questions of the sweep order.")
   flags.DEFINE_enum("question_order", "shuffled", ["shuffled", "original"],
                     "Sweep order of the split: a fixed shuffle spans difficulties in any prefix.")
-  flags.DEFINE_string("data_path", None, "The --dataset's JSONL file (MATH-style or GSM8K); "
-                      "default: ../shared/data/<dataset>/test.jsonl beside the project.")
-  flags.DEFINE_string("shots_path", None, "Few-shot examples (same format; e.g. a train "
-                      "split). Default: the data file, never the evaluated item.")
-  flags.DEFINE_integer("num_shots", 4, "Few-shot examples per prompt.")
-  flags.DEFINE_bool("chat", False, "Instruct models: prompt through the tokenizer's chat "
-                    "template (system = the instruction, shots as user / assistant turns).")
-  flags.DEFINE_string("policy", None, "Policy run directory (train_policy --out_dir).")
-  flags.DEFINE_string("policy_hf", None, "Or: a Hugging Face Llama / Qwen2 / Mistral folder "
-                      "(config.json, *.safetensors, tokenizer.json or tokenizer.model).")
+  dataset_flags.define()  # --dataset, --data_path, ..., --policy, --policy_hf
   flags.DEFINE_string("prm", POLICY_LOGPROB, "Verifier run directory, or 'policy_logprob' "
                       "(untrained token-level head on the policy's weights).")
   flags.DEFINE_string("prm_hf", None, "Or: a Hugging Face PRM folder (Llama / Qwen2 / "
@@ -848,7 +821,6 @@ def _define_flags():
   flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
   flags.DEFINE_string("out_dir", None, "Output directory (results.jsonl, summary.json).")
   flags.mark_flags_as_required(["out_dir"])
-  flags.mark_flags_as_mutual_exclusive(["policy", "policy_hf"], required=True)
   from ttc_jax import distributed
   distributed.define_flags()  # --local_device_count=2: two XLA:CPU devices, ~1.6x on 2 cores
   return flags.FLAGS

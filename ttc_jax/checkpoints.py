@@ -413,6 +413,12 @@ def load_policy(path: str, step: int | None = None, shardings=None):
   return cfg, params, tokenizer
 
 
+def load_policy_source(path: str, hf: bool = False):
+  """(cfg, params, tokenizer) of a training run directory, or of a Hugging Face
+  folder when hf (`load_hf_policy`)."""
+  return load_hf_policy(path) if hf else load_policy(path)
+
+
 def load_run_task(path: str):
   """The task (with the options it was trained with) of a training run directory.
 

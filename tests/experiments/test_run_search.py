@@ -235,6 +235,6 @@ def test_chat_prompts_need_a_benchmark_dataset(tmp_path):
   with pytest.raises(ValueError, match="--chat"):
     run_search.check_sources(_opts("unused", tmp_path, chat=True))
   chat = _opts("unused", tmp_path, dataset="gsm8k", chat=True)
-  assert run_search.task_options(chat)["chat"] is True
+  assert chat.spec.task_options()["chat"] is True
   assert chat.settings()["chat"] is True  # an out_dir made without it refuses to resume
   assert "chat" not in _opts("unused", tmp_path, dataset="gsm8k").settings()
