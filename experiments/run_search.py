@@ -32,7 +32,9 @@ Real models (README "Bring your own model"): --policy_hf=DIR reads a Hugging
 Face Llama / Qwen2 / Mistral folder with its tokenizer; --prm_hf=DIR a PRM
 folder that shares it (--prm_format good_token: P(--prm_good_token) vs
 --prm_bad_token at --prm_step_tag; class_softmax: a classification head's
-positive class there; chat_good_token, RLHFlow's chat format, is refused: it
+positive class there; value_head: sigmoid of a value head there (Skywork-PRM;
+TRL exports need it named: "auto" reads a causal LM as good_token);
+chat_good_token, RLHFlow's chat format, is refused: it
 scores finished solutions only, `ttc_jax.verifier.hf_prm.chat_rows`).
 The policy's steps end at its newline; the PRM sees its tag in the newline's
 place (`VerifierConfig.delimiter_ids`: with a real tokenizer every token that
@@ -180,7 +182,9 @@ class HfPrm:
 
   format: "good_token" (a causal LM: P(good) of the two-token softmax at the
   step tag, Math-Shepherd style), "class_softmax" (a token-classification
-  head at the step tag, Qwen2.5-Math-PRM style) or "auto" (from config.json);
+  head at the step tag, Qwen2.5-Math-PRM style), "value_head" (sigmoid of a
+  value head at the step tag: TRL's ...WithValueHead, Skywork-o1-Open-PRM) or
+  "auto" (from config.json; a TRL export reads as "good_token": name it);
   "chat_good_token" (RLHFlow) is refused by `check_sources`.
   step_tag: the token the PRM reads after each step (e.g. "ки", "<extra_0>");
   None: the policy's step delimiter itself. In search the policy's delimiter
@@ -800,9 +804,11 @@ def _define_flags():
   flags.DEFINE_string("prm_hf", None, "Or: a Hugging Face PRM folder (Llama / Qwen2 / "
                       "Mistral; it must share the policy's tokenizer).")
   flags.DEFINE_enum("prm_format", "auto", ["auto", "good_token", "class_softmax",
-                                            "chat_good_token"],
+                                            "value_head", "chat_good_token"],
                     "--prm_hf scores: P(good token) vs the bad token at the step tag "
-                    "(Math-Shepherd), or a classification head's softmax there (Qwen-PRM). "
+                    "(Math-Shepherd), or a classification head's softmax there (Qwen-PRM), "
+                    "or sigmoid of a value head there (TRL ...WithValueHead: name it, auto "
+                    "reads a causal LM as good_token; Skywork-PRM). "
                     "chat_good_token (RLHFlow) is refused: host-side scoring only.")
   flags.DEFINE_string("prm_step_tag", None, "--prm_hf: the token it reads after each step "
                       "(e.g. 'ки', '<extra_0>'); default: the policy's step delimiter.")

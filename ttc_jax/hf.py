@@ -57,6 +57,7 @@ HEAD_ARCHITECTURES = {
     "LlamaForTokenClassification": "llama",
     "Qwen2ForTokenClassification": "qwen2",
     "Qwen2ForProcessRewardModel": "qwen2",  # Qwen2.5-Math-PRM (remote code)
+    "Qwen2ForPrmModel": "qwen2",  # Skywork-o1-Open-PRM: a value head, v_head.summary.*
     "MistralForTokenClassification": "mistral",
 }
 _SILU_NAMES = ("silu", "swish")  # the same function in transformers' ACT2FN
@@ -338,7 +339,7 @@ def load_checkpoint(path: str | os.PathLike, dtype: str = "float32") -> tuple[Mo
 
 
 def load_backbone(path: str | os.PathLike, dtype: str = "float32", *,
-                  extra_prefixes: tuple[str, ...] = ("score.",)
+                  extra_prefixes: tuple[str, ...] = ("score.",), causal_lm: bool = False
                   ) -> tuple[ModelConfig, dict, dict[str, np.ndarray], str]:
   """Reads the transformer of a checkpoint with a non-LM head (`HEAD_ARCHITECTURES`).
 
@@ -349,16 +350,18 @@ def load_backbone(path: str | os.PathLike, dtype: str = "float32", *,
   no LM head, so cfg says `tie_embeddings=True` to keep the params pytree
   complete: the LM logits are then meaningless (a classification head never
   reads them). An `lm_head.weight`, if present, is ignored. Causal LMs are
-  read with `load_checkpoint`.
+  read with `load_checkpoint`, or here with causal_lm=True: a head saved
+  beside a causal LM's tensors (TRL's ...WithValueHead: `v_head.*`).
   """
   path = os.fspath(path)
   hf_config = _read_config(path, dtype)
   archs = hf_config.get("architectures") or []
-  if len(archs) == 1 and archs[0] in SUPPORTED_ARCHITECTURES:
+  if not causal_lm and len(archs) == 1 and archs[0] in SUPPORTED_ARCHITECTURES:
     raise ValueError(f"{path} holds a causal LM ({archs[0]}), not a model with a "
                      f"classification head: read it with load_checkpoint")
-  arch = _architecture(hf_config, HEAD_ARCHITECTURES)
-  cfg = _config_from_hf(hf_config, HEAD_ARCHITECTURES).replace(dtype=dtype, tie_embeddings=True)
+  allowed = {**HEAD_ARCHITECTURES, **SUPPORTED_ARCHITECTURES} if causal_lm else HEAD_ARCHITECTURES
+  arch = _architecture(hf_config, allowed)
+  cfg = _config_from_hf(hf_config, allowed).replace(dtype=dtype, tie_embeddings=True)
   params, extras = _read_weights(path, cfg, dtype, optional={"lm_head.weight"},
                                  extra_prefixes=tuple(extra_prefixes))
   return cfg, params, extras, arch

@@ -1,7 +1,7 @@
 """Process reward models (PRMs) from Hugging Face checkpoints (Llama / Qwen2 / Mistral).
 
 Every format reads one score per step from one forward pass over the whole
-solution. The first two read it at a step tag token placed after each step:
+solution. All but "chat_good_token" read it at a step tag token placed after each step:
 
   "good_token"      Math-Shepherd style: a causal LM (Llama/Qwen2/MistralForCausalLM;
                     Math-Shepherd's release is a Mistral). Step score = softmax of the
@@ -13,6 +13,13 @@ solution. The first two read it at a step tag token placed after each step:
                     linear `score.weight` [C, D], optional `score.bias`) or the
                     Qwen2.5-Math-PRM layout (`score.0` Linear(D, D), ReLU, `score.2`
                     Linear(D, 2)), config architecture "Qwen2ForProcessRewardModel".
+  "value_head"      a scalar value head on the final (normed) hidden state, step score
+                    sigmoid(value) at the tag: the project's "value" head. TRL's
+                    AutoModelForCausalLMWithValueHead exports (the causal LM's tensors
+                    plus `v_head.summary.weight` [1, D], `v_head.summary.bias` [1]; the
+                    LM head is not read) and Skywork-o1-Open-PRM (config architecture
+                    "Qwen2ForPrmModel", the same `v_head.summary.*`); a `value_head.`
+                    prefix (`value_head.summary.*`) is read too.
   "chat_good_token" RLHFlow style (Llama3.1-8B-PRM-Deepseek-Data): the same causal-LM
                     read, inside a chat. The question + " " + step 1 is the first user
                     turn, each later step a user turn, each assistant turn the good
@@ -43,6 +50,11 @@ Token ids are ints: resolve strings with the checkpoint's own tokenizer. With
                                        "answer within \\\\boxed{}."},
          {"role": "user", "content": question}], add_generation_prompt=True)
 
+  Skywork-o1-Open-PRM (steps end in "\\n", the tag; prompt: bos + question + "\\n")::
+
+    vcfg, params = load_hf_prm(path, "value_head", step_tag_id=tok.encode("\\n")[-1])
+    prompt = tok.encode(tok.bos_token + question + "\\n")
+
   RLHFlow's Llama3.1-8B-PRM (a chat, no tag; "+" and "-" are ids 10 and 12)::
 
     plus, minus = tok.encode("+")[-1], tok.encode("-")[-1]
@@ -66,8 +78,12 @@ Tokenizing steps one by one can split text differently from tokenizing the
 joined solution; when exact agreement with a reference script matters, build
 `TaggedRows` from the whole-text tokenization instead (tags at the step ends).
 
-Not supported: other backbones; value-head PRMs (Skywork-PRM, TRL's
-...WithValueHead); single-label / sigmoid classification heads; chat-format
+"auto" picks the format from config.json's architecture: "value_head" for
+Qwen2ForPrmModel, "good_token" for any causal LM, else "class_softmax". A TRL value-head export's
+config names the causal LM, so it needs fmt="value_head" explicitly.
+
+Not supported: other backbones; value heads with more than one output or
+other tensor names; single-label / sigmoid classification heads; chat-format
 PRMs in search. Search needs the PRM to share the policy's vocabulary
 (`check_compatible`).
 """
@@ -86,8 +102,12 @@ import numpy as np
 from ttc_jax import hf
 from ttc_jax.verifier.model import VerifierConfig, score_rows
 
-FORMATS = ("good_token", "class_softmax", "chat_good_token", "auto")
+FORMATS = ("good_token", "class_softmax", "value_head", "chat_good_token", "auto")
 _LM_FORMATS = ("good_token", "chat_good_token")  # read the LM logits
+# Head architectures whose head is a value head (the rest hold `score.*`).
+_VALUE_HEAD_ARCHITECTURES = ("Qwen2ForPrmModel",)
+# TRL's ValueHead is `v_head.summary` (Linear(D, 1)); some exports name it `value_head`.
+_VALUE_HEAD_PREFIXES = ("v_head.", "value_head.")
 # Linear(D, H), ReLU, Linear(H, C) as nn.Sequential indices (Qwen2.5-Math-PRM).
 _HIDDEN_NAMES = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
 _LINEAR_NAMES = ("score.weight", "score.bias")
@@ -97,13 +117,22 @@ _LINEAR_NAMES = ("score.weight", "score.bias")
 
 def resolve_format(path, fmt: str = "auto") -> str:
   """fmt, with "auto" picked from config.json's architecture: a causal LM reads
-  good vs bad tokens ("good_token"), a classifier its classes ("class_softmax")."""
+  good vs bad tokens ("good_token"), Skywork's Qwen2ForPrmModel its value head
+  ("value_head"), a classifier its classes ("class_softmax"). A TRL value-head
+  export's config names the causal LM: "auto" cannot tell it from one."""
   if fmt not in FORMATS:
     raise ValueError(f"PRM format must be one of {FORMATS}, got {fmt!r}")
   if fmt != "auto":
     return fmt
-  causal = hf.checkpoint_architecture(path) in hf.SUPPORTED_ARCHITECTURES
-  return "good_token" if causal else "class_softmax"
+  arch = hf.checkpoint_architecture(path)
+  if arch in hf.SUPPORTED_ARCHITECTURES:
+    return "good_token"
+  return _head_format(arch)
+
+
+def _head_format(arch: str) -> str:
+  """The format of a head architecture (no LM head)."""
+  return "value_head" if arch in _VALUE_HEAD_ARCHITECTURES else "class_softmax"
 
 
 def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int | None = None,
@@ -113,7 +142,9 @@ def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int | None = None,
 
   fmt: "good_token" (a causal LM; needs good_token_id and bad_token_id),
   "class_softmax" (a token-classification / process-reward checkpoint; reads
-  P(positive_class)), "chat_good_token" (a causal LM read like "good_token" at
+  P(positive_class)), "value_head" (a causal LM or Qwen2ForPrmModel with a
+  `v_head.summary` / `value_head.summary` linear; reads sigmoid(value);
+  positive_class is unused), "chat_good_token" (a causal LM read like "good_token" at
   the positions `chat_rows` marks; no step_tag_id: the config's step_token_id is
   the good token, unused) or "auto" (from config.json's architecture: never chat).
   dtype: the backbone's dtype ("float32" or "bfloat16"); the head stays f32.
@@ -123,12 +154,15 @@ def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int | None = None,
   vocab_size = _config_vocab_size(path)  # ids are checked before the weights are read
   is_lm = arch in hf.SUPPORTED_ARCHITECTURES
   if fmt in _LM_FORMATS and not is_lm:
-    raise ValueError(f"format {fmt!r} reads LM logits, but {path} is a {arch} (a "
-                     "classification head, no LM head): use fmt='class_softmax'")
+    raise ValueError(f"format {fmt!r} reads LM logits, but {path} is a {arch} (no LM "
+                     f"head): use fmt={_head_format(arch)!r}")
   if fmt == "class_softmax" and is_lm:
     raise ValueError(f"format 'class_softmax' needs a classification head (score.*), but "
                      f"{path} is a causal LM ({arch}): use fmt='good_token' with good and bad "
-                     "token ids")
+                     "token ids, or fmt='value_head' for a TRL value-head export")
+  if fmt in ("class_softmax", "value_head") and not is_lm and _head_format(arch) != fmt:
+    raise ValueError(f"format {fmt!r} does not read a {arch}'s head: use "
+                     f"fmt={_head_format(arch)!r}")
   if fmt == "chat_good_token" and step_tag_id is not None:
     raise ValueError("format 'chat_good_token' reads before each assistant answer (`chat_rows` "
                      "marks where), not at a step tag: leave step_tag_id out")
@@ -149,8 +183,13 @@ def load_hf_prm(path, fmt: str = "auto", *, step_tag_id: int | None = None,
 
   if good_token_id is not None or bad_token_id is not None:
     raise ValueError("good_token_id / bad_token_id apply to format 'good_token' only; "
-                     f"{path} is a {arch}, read as 'class_softmax'")
+                     f"{path} is a {arch}, read as {fmt!r}")
   _check_ids(vocab_size, step_tag_id=step_tag_id)
+  if fmt == "value_head":  # the LM head, if any, is not read (load_backbone ignores it)
+    cfg, lm, extras, _ = hf.load_backbone(path, dtype, extra_prefixes=_VALUE_HEAD_PREFIXES,
+                                          causal_lm=True)
+    vcfg = VerifierConfig(model=cfg, head="value", step_token_id=int(step_tag_id))
+    return vcfg, {"lm": lm, "head": _value_head(extras, cfg.d_model, path)}
   cfg, lm, extras, _ = hf.load_backbone(path, dtype, extra_prefixes=("score.",))
   head, num_classes, hidden = _class_head(extras, cfg.d_model, path)
   if num_classes < 2:
@@ -224,6 +263,26 @@ def _class_head(extras: dict[str, np.ndarray], d: int, path) -> tuple[dict, int,
   raise ValueError(f"{path} has score head tensor(s) {sorted(names)}; expected "
                    f"{list(_LINEAR_NAMES)} (a linear head, bias optional) or "
                    f"{list(_HIDDEN_NAMES)} (Linear, ReLU, Linear)")
+
+
+def _value_head(extras: dict[str, np.ndarray], d: int, path) -> dict:
+  """<prefix>summary.weight [1, D] / .bias [1] -> the "value" head's {"w" [D], "b" []}
+  (logit = h . w + b). A missing bias is zero."""
+  found = [p for p in _VALUE_HEAD_PREFIXES if any(n.startswith(p) for n in extras)]
+  expected = " or ".join(f"'{p}summary.weight' [1, {d}] (+ '{p}summary.bias' [1])"
+                         for p in _VALUE_HEAD_PREFIXES)
+  if len(found) != 1:
+    has = "no value head tensors" if not found else f"tensors under both {found}"
+    raise ValueError(f"{path} has {has}: format 'value_head' expects {expected}")
+  weight, bias = found[0] + "summary.weight", found[0] + "summary.bias"
+  if weight not in extras or not set(extras) <= {weight, bias}:
+    raise ValueError(f"{path} has value head tensor(s) {sorted(extras)}; expected {expected}")
+  w = extras[weight]
+  b = extras.get(bias, np.zeros(1, np.float32))
+  if w.shape != (1, d) or b.shape != (1,):
+    raise ValueError(f"{path} has value head shapes {weight} {w.shape}, {bias} {b.shape}; "
+                     f"expected (1, {d}) and (1,): one output")
+  return {"w": jnp.asarray(w[0]), "b": jnp.asarray(b[0])}
 
 
 # ---------------------------------------------------------------- host-side scoring
