@@ -1,6 +1,11 @@
 r"""FLOPs-matched comparison: small policy + compute-optimal search vs a ~14x larger policy's greedy.
 
   python -m experiments.flops_matched --sweep_dir=runs/sweep_small_q6k --large=runs/large
+  python -m experiments.flops_matched --sweep_dir=runs/math_search --large_hf=/path/to/qwen-7b
+
+The sweep may be of any dataset and policy run_search takes (its run.json
+names them: e.g. a Hugging Face 0.5B policy on MATH-500); the large model is a
+training run directory (--large) or a Hugging Face folder (--large_hf).
 
 The small model's side comes from a run_search sweep (DIR/results.jsonl and
 DIR/run.json, which names the small policy and the questions): oracle
@@ -29,40 +34,49 @@ from ttc_jax.analysis.flops import flops_matched_table
 from ttc_jax.analysis.outcomes import (largest_budget, outcome_table, read_lines,
                                        sample_statistics)
 from ttc_jax.checkpoints import write_json_atomic
+from ttc_jax.tasks.spec import DatasetSpec
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("sweep_dir", None, "The small policy's run_search --out_dir.")
-flags.DEFINE_string("large", None, "The large policy's training run directory.")
-flags.DEFINE_integer("samples", 0, "S: best-of-S lines that define difficulty; 0 = the largest "
-                     "best-of-N budget in the sweep.")
-flags.DEFINE_integer("bins", 5, "Difficulty bins.")
-flags.DEFINE_list("accounting", ["v1", "iclr"], "FLOPs accountings: v1 (2 N D inference), "
-                  "iclr (4 N D, the verifier counted).")
-flags.DEFINE_integer("seed", 0, "Seed of the 2-fold selection.")
-flags.DEFINE_integer("batch_size", 256, "Rows per greedy decoding call of the large model.")
-flags.DEFINE_string("json_out", None, "Output JSON; default SWEEP_DIR/flops_matched.json.")
-flags.mark_flags_as_required(["sweep_dir", "large"])
 
 
-def sweep_problems(settings: dict, indices: np.ndarray) -> list:
-  """The sweep's questions by their index in its split (run.json names them)."""
-  from ttc_jax.checkpoints import load_run_task
-  if settings.get("split", "test") != "test" or settings.get("dataset") != "arithmetic":
-    raise ValueError("flops_matched reads sweeps of the built-in task's test split")
-  problems = load_run_task(settings["policy"]).test_problems()
-  return [problems[i] for i in indices.tolist()]
+def define_flags() -> None:
+  """The CLI flags (defined only when run as a script: reproduce imports this module)."""
+  flags.DEFINE_string("sweep_dir", None, "The small policy's run_search --out_dir.")
+  flags.DEFINE_string("large", None, "The large policy's training run directory.")
+  flags.DEFINE_string("large_hf", None, "Or: the large policy as a Hugging Face folder.")
+  flags.DEFINE_integer("samples", 0, "S: best-of-S lines that define difficulty; 0 = the largest "
+                       "best-of-N budget in the sweep.")
+  flags.DEFINE_integer("bins", 5, "Difficulty bins.")
+  flags.DEFINE_list("accounting", ["v1", "iclr"], "FLOPs accountings: v1 (2 N D inference), "
+                    "iclr (4 N D, the verifier counted).")
+  flags.DEFINE_integer("seed", 0, "Seed of the 2-fold selection.")
+  flags.DEFINE_integer("batch_size", 256, "Rows per greedy decoding call of the large model.")
+  flags.DEFINE_string("json_out", None, "Output JSON; default SWEEP_DIR/flops_matched.json.")
+  flags.DEFINE_integer("max_new_tokens", None, "The large policy's generation limit per "
+                       "answer (default: the sweep's max_solution_tokens).")
+  flags.mark_flags_as_required(["sweep_dir"])
+  flags.mark_flags_as_mutual_exclusive(["large", "large_hf"], required=True)
 
 
-def large_greedy_correct(path: str, task_problems: list, small_policy: str,
-                         batch_size: int = 256) -> tuple[np.ndarray, int]:
-  """(greedy correctness [Q], parameter count) of the large policy on the
-  small policy's task problems."""
-  from ttc_jax.checkpoints import load_policy, load_run_task
+def sweep_task(settings: dict):
+  """The task of a run_search sweep (its run.json settings)."""
+  if settings.get("split", "test") != "test":
+    raise ValueError("flops_matched reads sweeps of a test split")
+  hf = settings.get("policy_format") == "hf"
+  return DatasetSpec.from_record(settings).load(None if hf else settings["policy"])
+
+
+def large_greedy_correct(path: str, task, problems: list, hf: bool = False,
+                         batch_size: int = 256,
+                         max_new_tokens: int = 112) -> tuple[np.ndarray, int]:
+  """(greedy correctness [Q], parameter count) of the large policy (a run
+  directory, or a Hugging Face folder when hf) on the task's problems."""
+  from ttc_jax.checkpoints import load_policy_source
   from ttc_jax.decode import Greedy
   from ttc_jax.evaluation import sample_solutions
-  cfg, params, tokenizer = load_policy(path)
-  samples = sample_solutions(cfg, params, tokenizer, load_run_task(small_policy), task_problems,
-                             n=1, sampler=Greedy(), batch_size=batch_size)
+  cfg, params, tokenizer = load_policy_source(path, hf)
+  samples = sample_solutions(cfg, params, tokenizer, task, problems, n=1, sampler=Greedy(),
+                             batch_size=batch_size, max_new_tokens=max_new_tokens)
   return samples.correct[:, 0], cfg.num_params()
 
 
@@ -79,14 +93,18 @@ def main(argv):
     raise app.UsageError("the best-of-S lines and the sweep cover different questions")
   bins = quantile_bins(pass1, FLAGS.bins)
   co = compute_optimal(outcomes, bins, seed=FLAGS.seed)
-  from ttc_jax.checkpoints import load_policy
-  small_params = load_policy(settings["policy"])[0].num_params()
+  from ttc_jax.checkpoints import load_policy_source
+  small_params = load_policy_source(settings["policy"],
+                                    settings.get("policy_format") == "hf")[0].num_params()
+  task = sweep_task(settings)
+  test_set = task.test_problems()
   large_correct, large_params = large_greedy_correct(
-      FLAGS.large, sweep_problems(settings, outcomes.questions), settings["policy"],
-      FLAGS.batch_size)
+      FLAGS.large or FLAGS.large_hf, task, [test_set[i] for i in outcomes.questions.tolist()],
+      hf=bool(FLAGS.large_hf), batch_size=FLAGS.batch_size,
+      max_new_tokens=FLAGS.max_new_tokens or settings.get("max_solution_tokens", 112))
   ratio = large_params / small_params
   result = {
-      "sweep_dir": FLAGS.sweep_dir, "large": os.path.abspath(FLAGS.large),
+      "sweep_dir": FLAGS.sweep_dir, "large": os.path.abspath(FLAGS.large or FLAGS.large_hf),
       "questions": int(outcomes.questions.size), "samples": samples,
       "small_params": small_params, "large_params": large_params, "size_ratio": ratio,
       "bin_sizes": bins.sizes, "large_greedy_accuracy": float(large_correct.mean()),
@@ -109,4 +127,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

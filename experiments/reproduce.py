@@ -346,9 +346,10 @@ def large_greedy_stage(preset: Preset, out: str) -> dict:
   from experiments.flops_matched import large_greedy_correct
   from experiments.run_search import load_task, select_questions
   opts = search_options(preset, out, "sweep")
-  questions = select_questions(load_task(opts), opts)
-  correct, params = large_greedy_correct(os.path.join(out, "large"), [p for _, p in questions],
-                                         opts.policy)
+  task = load_task(opts)
+  questions = select_questions(task, opts)
+  correct, params = large_greedy_correct(os.path.join(out, "large"), task,
+                                         [p for _, p in questions])
   return {"params": params, "correct": {str(i): bool(c) for (i, _), c in zip(questions, correct)}}
 
 

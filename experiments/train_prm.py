@@ -5,6 +5,17 @@
       --lr=3e-4 --max_epochs=1 --eval_every=50 --eval_test_questions=500 --test_samples=16 \\
       --out_dir=runs/prm_token_step_q6k
 
+On a benchmark (MATH-500 / GSM8K readers; training questions from a train
+split given as --shots_path; any policy, e.g. a Hugging Face folder):
+
+  python -m experiments.train_prm --policy_hf=/path/to/llama --dataset=math500 \
+      --data_path=math500/test.jsonl --shots_path=math/train.jsonl --num_shots=4 \
+      --label=mc --samples=16 --rollouts=16 --max_new_tokens=512 --row_len=2048 \
+      --out_dir=runs/prm_math
+
+Benchmarks have no step checker: labels are Monte-Carlo only (the paper's),
+step AUCs are not reported, and samples lose the blank line that ended them.
+
 1. Labelled data (`ttc_jax.verifier.data.make_verifier_dataset`): --samples
    solutions per training question from --policy; step labels from
    --rollouts Monte-Carlo continuations per prefix (--label=mc), the exact
@@ -12,7 +23,8 @@
    Expensive, so cached in out_dir (prm_data.npz + prm_data.json, written
    atomically) and reused on restart (refused if the settings differ).
 2. Training (`ttc_jax.train.verifier_train`): the backbone starts from
-   --init_from (default --policy; any policy sharing its tokenizer, so the
+   --init_from (default: the policy; any run directory or Hugging Face folder
+   sharing its tokenizer, so the
    verifier's size is independent of the policy's), BCE, AdamW, early
    stopping on the held-out questions' loss, orbax checkpoints with resume.
 3. Evaluation: held-out within-question AUC (final answers; steps right after
@@ -39,6 +51,7 @@ from ttc_jax import checkpoints as ckpt_lib
 from ttc_jax.train import verifier_train as vt
 from ttc_jax.verifier.data import (SOURCE_SAMPLE, VerifierRows, build_rows, exact_step_labels,
                                    make_verifier_dataset, split_by_question)
+from ttc_jax.tasks.spec import DatasetSpec
 from ttc_jax.verifier.model import VerifierConfig
 
 DATA_FILE = "prm_data.npz"
@@ -83,7 +96,8 @@ def load_rows(path: str) -> VerifierRows:
 
 def load_or_make_dataset(dcfg: PrmDataConfig, policy_dir: str, cfg, params, tokenizer, task,
                          out_dir: str, *, batch_size: int = 256, progress: bool = True,
-                         log: Callable[[str], None] = print) -> tuple[VerifierRows, dict, bool]:
+                         log: Callable[[str], None] = print,
+                         spec: DatasetSpec = DatasetSpec()) -> tuple[VerifierRows, dict, bool]:
   """(rows, report, cached): out_dir's cached dataset when its key matches, else built.
 
   The report JSON (holding the key) is written after the npz, so its presence
@@ -92,6 +106,8 @@ def load_or_make_dataset(dcfg: PrmDataConfig, policy_dir: str, cfg, params, toke
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
   key = dict(dcfg.to_dict(), **ckpt_lib.weights_key("policy", policy_dir, params))
+  if not spec.built_in:  # absent for the built-in task: its older caches stay valid
+    key["task"] = spec.record()
   # Fields added since a cache was written take their defaults.
   cached = ckpt_lib.cached_report(data_path, report_path, key, "a PRM dataset",
                                   defaults=PrmDataConfig().to_dict())
@@ -119,7 +135,7 @@ def evaluate_test_questions(cfg, params, tokenizer, task, vcfg: VerifierConfig,
 
   Questions are evenly strided over the test set (every difficulty level);
   every sample counts (an unparsable one is a wrong answer); step AUCs use
-  the exact step labels.
+  the exact step labels (none where the task has no step checker).
   """
   from ttc_jax.decode import Temperature
   from ttc_jax.evaluation import sample_solutions
@@ -134,10 +150,9 @@ def evaluate_test_questions(cfg, params, tokenizer, task, vcfg: VerifierConfig,
                              max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar)
   if bar is not None:
     bar.close()
-  labels = [[exact_step_labels(task, p, t) for t in texts]
-            for p, texts in zip(problems, sampled.texts)]
-  rows = build_rows(task, tokenizer, problems, sampled.texts, labels, row_len,
-                    source=SOURCE_SAMPLE)
+  texts = [[task.solution_text(t) for t in ts] for ts in sampled.texts]
+  labels = [[exact_step_labels(task, p, t) for t in ts] for p, ts in zip(problems, texts)]
+  rows = build_rows(task, tokenizer, problems, texts, labels, row_len, source=SOURCE_SAMPLE)
   out = vt.evaluate_rows(vcfg, tcfg, vparams, rows)
   out.update(questions=len(problems), samples=samples, rows_dropped_too_long=rows.n_dropped)
   return out
@@ -146,22 +161,31 @@ def evaluate_test_questions(cfg, params, tokenizer, task, vcfg: VerifierConfig,
 # ---------------------------------------------------------------- the pipeline
 
 def run(policy: str, out_dir: str, *, dcfg: PrmDataConfig, tcfg: vt.VerifierTrainConfig,
+        spec: DatasetSpec = DatasetSpec(), policy_hf: bool = False,
         init_from: str | None = None, head: str = "value", held_out_fraction: float = 0.1,
         eval_test_questions: int = 0, test_samples: int | None = None,
         data_batch_size: int = 256, resume: bool = True,
         stop_at_step: int | None = None, progress: bool = True,
         log: Callable[[str], None] = print) -> dict:
-  """Data (cached) -> training (resumable) -> evaluation; returns the summary dict."""
-  from ttc_jax.checkpoints import load_policy, load_run_task, tokenizer_record
+  """Data (cached) -> training (resumable) -> evaluation; returns the summary dict.
+
+  policy: a run directory, or a Hugging Face folder when policy_hf. spec: the
+  task (default: the policy run's own). init_from: a run directory or a
+  Hugging Face folder (one holding config.json and no checkpoints).
+  """
+  from ttc_jax.checkpoints import is_hf_folder, load_policy_source, tokenizer_record
+  task = spec.load(None if policy_hf else policy)  # bad data fails before loading
+  if not task.has_step_labels and (dcfg.label != "mc" or dcfg.contrastive_copies):
+    raise ValueError(f"--dataset={spec.dataset} has no step checker: use --label=mc (Monte-"
+                     "Carlo rollouts) and no --contrastive_copies")
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  cfg, params, tokenizer = load_policy(policy)
-  task = load_run_task(policy)
+  cfg, params, tokenizer = load_policy_source(policy, policy_hf)
   init_from = init_from or policy
   if os.path.abspath(init_from) == os.path.abspath(policy):
     init_cfg, init_params = cfg, params
   else:
-    init_cfg, init_params, init_tok = load_policy(init_from)
+    init_cfg, init_params, init_tok = load_policy_source(init_from, is_hf_folder(init_from))
     mine, theirs = tokenizer_record(tokenizer)["sha256"], tokenizer_record(init_tok)["sha256"]
     if mine != theirs:
       raise ValueError(f"--init_from={init_from} was trained with a different tokenizer than "
@@ -174,7 +198,7 @@ def run(policy: str, out_dir: str, *, dcfg: PrmDataConfig, tcfg: vt.VerifierTrai
   t0 = time.perf_counter()
   rows, report, cached = load_or_make_dataset(dcfg, policy, cfg, params, tokenizer, task,
                                               out_dir, batch_size=data_batch_size,
-                                              progress=progress, log=log)
+                                              progress=progress, log=log, spec=spec)
   log("data report: " + json.dumps(report, sort_keys=True, indent=1))
   log(f"dataset: {len(rows)} rows ({'cached' if cached else 'built'} in "
       f"{time.perf_counter() - t0:.1f}s)")
@@ -185,6 +209,8 @@ def run(policy: str, out_dir: str, *, dcfg: PrmDataConfig, tcfg: vt.VerifierTrai
   vcfg = VerifierConfig(model=init_cfg, head=head, step_token_id=tokenizer.newline_id)
   meta = {"policy": os.path.abspath(policy), "init_from": os.path.abspath(init_from),
           "data": dcfg.to_dict(), "held_out_fraction": held_out_fraction}
+  if not spec.built_in:
+    meta["task"] = spec.record()
   result = vt.train_verifier(vcfg, init_params, train_rows, held_rows, tcfg, out_dir, tokenizer,
                              resume=resume, stop_at_step=stop_at_step, extra_meta=meta,
                              progress=progress, log=log)
@@ -235,9 +261,11 @@ def _define_flags(flag_values=None):
   from absl import flags
   fv = flag_values if flag_values is not None else flags.FLAGS
   on = {"flag_values": fv}
-  flags.DEFINE_string("policy", None, "Policy run directory whose samples are labelled.", **on)
-  flags.DEFINE_string("init_from", None, "Policy run directory whose weights initialise the "
-                      "verifier backbone (default: --policy); must share its tokenizer.", **on)
+  from experiments import dataset_flags
+  dataset_flags.define(fv)  # --dataset, --data_path, ..., --policy (labelled) / --policy_hf
+  flags.DEFINE_string("init_from", None, "Policy run directory or Hugging Face folder whose "
+                      "weights initialise the verifier backbone (default: the policy); must "
+                      "share its tokenizer.", **on)
   flags.DEFINE_enum("head", "value", ["value", "token"], "Verifier head: a scalar value head "
                     "(the paper's) or the token-level head (ttc_jax.verifier.model).", **on)
   flags.DEFINE_enum("objective", "prm", list(vt.OBJECTIVES), "prm: every step labelled; "
@@ -283,7 +311,7 @@ def _define_flags(flag_values=None):
   flags.DEFINE_integer("test_samples", None, "Samples per test question (default: --samples; "
                        "more samples give more within-question pairs).", **on)
   flags.DEFINE_bool("progress", True, "Show progress bars.", **on)
-  flags.mark_flags_as_required(["policy", "out_dir"], **on)
+  flags.mark_flags_as_required(["out_dir"], **on)
   return fv
 
 
@@ -302,7 +330,10 @@ def main(argv, flag_values=None) -> int:
       warmup_frac=f.warmup_frac, max_epochs=f.max_epochs, steps=f.steps,
       eval_every=f.eval_every, patience=f.patience, log_every=f.log_every, seed=f.seed,
       objective=f.objective, token_targets=f.token_targets)
-  summary = run(f.policy, f.out_dir, dcfg=dcfg, tcfg=tcfg, init_from=f.init_from, head=f.head,
+  from experiments import dataset_flags
+  policy, policy_hf = dataset_flags.policy(f)
+  summary = run(policy, f.out_dir, dcfg=dcfg, tcfg=tcfg, spec=dataset_flags.spec(f),
+                policy_hf=policy_hf, init_from=f.init_from, head=f.head,
                 held_out_fraction=f.held_out_fraction,
                 eval_test_questions=f.eval_test_questions, test_samples=f.test_samples,
                 data_batch_size=f.data_batch_size,

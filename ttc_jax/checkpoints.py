@@ -413,6 +413,12 @@ def load_policy(path: str, step: int | None = None, shardings=None):
   return cfg, params, tokenizer
 
 
+def is_hf_folder(path: str) -> bool:
+  """Whether path is a Hugging Face model folder (config.json, no training run)."""
+  return (os.path.isfile(os.path.join(path, "config.json"))
+          and not os.path.isdir(checkpoint_dir(path)))
+
+
 def load_policy_source(path: str, hf: bool = False):
   """(cfg, params, tokenizer) of a training run directory, or of a Hugging Face
   folder when hf (`load_hf_policy`)."""

@@ -22,6 +22,12 @@ PROBLEMS = [  # MATH-style lines: the shots come from the same file, never the i
     ("Simplify $\\frac{2}{4}$.", "Divide by 2.\nWe get $\\boxed{\\frac12}$.", "\\frac{1}{2}", 2),
     ("Solve $x+3=5$.", "Subtract 3.\nThen $x=\\boxed{2}$.", "2", 2),
 ]
+TRAIN_PROBLEMS = [  # a "train split": other questions
+    ("What is $3+4$?", "We add.\n$3+4=\\boxed{7}$.", "7", 1),
+    ("What is $5\\cdot 2$?", "Multiply.\nSo $5\\cdot 2 = \\boxed{10}$.", "10", 1),
+    ("Solve $x-1=4$.", "Add 1.\nThen $x=\\boxed{5}$.", "5", 2),
+    ("What is $9-3$?", "Subtract.\n$9-3=\\boxed{6}$.", "6", 1),
+]
 
 
 def readme_commands() -> list[str]:
@@ -46,28 +52,35 @@ def _tokenizer_files(directory) -> int:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
   root = tmp_path_factory.mktemp("byom")
-  policy, prm = root / "policy", root / "prm"
+  policy, prm, large = root / "policy", root / "prm", root / "large"
   policy.mkdir()
+  large.mkdir()
   vocab = _tokenizer_files(policy)
+  _tokenizer_files(large)
   small = dict(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
                max_position_embeddings=512)
   make_tiny_hf_model("llama", policy, seed=0, **small)
   make_tiny_hf_model("qwen2", prm, seed=1, **small)  # shares the policy's tokenizer
-  data = root / "math.jsonl"
-  data.write_text("".join(json.dumps(dict(problem=q, solution=s, answer=a, subject="Algebra",
-                                          level=lv, unique_id=f"test/algebra/{i}.json")) + "\n"
-                          for i, (q, s, a, lv) in enumerate(PROBLEMS)))
+  make_tiny_hf_model("llama", large, seed=2, **dict(small, d_model=64, n_layers=3))
+  for name, problems, split in (("math.jsonl", PROBLEMS, "test"),
+                                ("train.jsonl", TRAIN_PROBLEMS, "train")):
+    (root / name).write_text("".join(
+        json.dumps(dict(problem=q, solution=s, answer=a, subject="Algebra", level=lv,
+                        unique_id=f"{split}/algebra/{i}.json")) + "\n"
+        for i, (q, s, a, lv) in enumerate(problems)))
   return root
 
 
 def test_readme_commands_run_on_tiny_checkpoints(checkpoints, tmp_path):
-  evaluate, search, grade = readme_commands()
+  evaluate, search, grade, flops, prm = readme_commands()
   assert "experiments.evaluate_policy" in evaluate and "experiments.run_search" in search
-  assert "experiments.grade" in grade
+  assert "experiments.grade" in grade and "experiments.flops_matched" in flops
+  assert "experiments.train_prm" in prm
   shrink = (" --n=2 --m=2 --num_questions=2 --num_shots=1 --max_step_tokens=8 "
             "--max_solution_tokens=24 --max_rounds=4 --progress=false")
   env = dict(os.environ, POLICY=str(checkpoints / "policy"), PRM=str(checkpoints / "prm"),
-             DATA=str(checkpoints / "math.jsonl"), PREDICTIONS=str(tmp_path / "preds.jsonl"))
+             DATA=str(checkpoints / "math.jsonl"), PREDICTIONS=str(tmp_path / "preds.jsonl"),
+             TRAIN=str(checkpoints / "train.jsonl"), LARGE=str(checkpoints / "large"))
   run = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, timeout=600,
                                    capture_output=True, text=True)
   proc = run(evaluate + " --num_questions=2 --samples=2 --max_new_tokens=16 --num_shots=1")
@@ -102,6 +115,33 @@ def test_readme_commands_run_on_tiny_checkpoints(checkpoints, tmp_path):
   assert graded["n"] == 2
   by_id = {item["id"]: item["correct"] for item in graded["correct"]}
   assert by_id == {uid: l["selected"]["majority"]["correct"] for uid, l in chosen.items()}
+
+  # The larger model's greedy answers on the same questions, at matched FLOPs.
+  proc = run(flops + " --bins=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  matched = json.loads((tmp_path / "runs" / "math500_flops_matched.json").read_text())
+  assert matched["questions"] == 2 and matched["size_ratio"] > 1.5
+  assert matched["large"] == str(checkpoints / "large") and matched["flops_matched"]
+
+  # A PRM of our own from the policy's samples on the train split (MC labels; the
+  # random policy writes no parsable answer, so the reference chains carry the rows),
+  # then search scores with it.
+  proc = run(prm + " --num_train_questions=4 --samples=2 --rollouts=2 --max_new_tokens=16 "
+             "--row_len=256 --num_shots=1 --reference_chains --held_out_fraction=0.5 "
+             "--batch_size=4 --steps=2 --eval_every=0 --data_batch_size=8 --progress=false")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((tmp_path / "runs" / "math500_prm" / "summary.json").read_text())
+  assert summary["finished"] and summary["rows"] >= 4
+  report = json.loads((tmp_path / "runs" / "math500_prm" / "prm_data.json").read_text())
+  assert report["report"]["all_rows"]["step_exact_positive_fraction"] is None  # no checker
+  hf_prm_flags = re.search(r"--prm_hf=\S+( --prm_\w+=\S+)*", search).group(0)
+  proc = run(search.replace(hf_prm_flags, "--prm=runs/math500_prm") + shrink
+             + " --method=best_of_n --out_dir=runs/own_prm_search")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(s) for s in
+           (tmp_path / "runs" / "own_prm_search" / "results.jsonl").read_text().splitlines()]
+  assert lines and all(0.0 <= s <= 1.0 for l in lines for steps in l["step_scores"]
+                       for s in steps)
 
 
 def test_a_prm_with_another_tokenizer_is_refused(checkpoints, tmp_path):

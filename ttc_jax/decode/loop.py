@@ -257,5 +257,5 @@ def default_tail_rows(batch: int, fraction: int = TAIL_FRACTION) -> int | None:
 
 
 decode_jit = jax.jit(decode, static_argnames=("cfg", "sampler", "buffer_len", "pad_id",
-                                              "max_start", "tail_rows"),
+                                              "max_start", "tail_rows", "ends"),
                      donate_argnames=("cache",))

@@ -68,6 +68,8 @@ class Task(abc.ABC):
     # Whether a solution also ends at a blank line: few-shot prompts separate
     # their examples by one, and base models write it instead of EOS.
     ends_at_blank_line: bool = False
+    # Whether `first_wrong_step` can check steps (exact step labels).
+    has_step_labels: bool = True
 
     @abc.abstractmethod
     def prompt(self, problem: Problem) -> str:
@@ -112,3 +114,19 @@ class Task(abc.ABC):
 
     def split_steps(self, text: str) -> list[str]:
         return split_steps(text)
+
+    def solution_text(self, completion: str) -> str:
+        """The completion as a solution: without the blank line that ended it
+        (`ends_at_blank_line`), whose empty step is no content."""
+        return trim_blank_line_end(completion) if self.ends_at_blank_line else completion
+
+
+def trim_blank_line_end(text: str) -> str:
+    """text ending in a blank line (two newlines in its trailing whitespace, or
+    one on an empty first line) as its last line ended by one newline; other
+    text unchanged."""
+    content = text.rstrip()
+    newlines = text[len(content):].count(STEP_DELIMITER)
+    if not content:
+        return "" if newlines else text
+    return content + STEP_DELIMITER if newlines >= 2 else text

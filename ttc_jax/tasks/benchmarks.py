@@ -209,6 +209,7 @@ class BenchmarkTask(Task):
     instruction: str
     reader: Callable[[str | Path], list[Problem]]
     ends_at_blank_line = True
+    has_step_labels = False
 
     def __init__(self, data_path: str | None = None, shots_path: str | None = None,
                  num_shots: int = DEFAULT_NUM_SHOTS, shots_seed: int = 0,
@@ -251,6 +252,11 @@ class BenchmarkTask(Task):
             self._train = [p for p in self._read(self.shots_path)
                            if p.question not in test_questions]
         return self._train
+
+    @property
+    def num_train_problems(self) -> int:
+        """How many problems `train_problems` can draw (shots_path minus test questions)."""
+        return len(self._train_pool())
 
     def train_problems(self, seed: int, n: int) -> list[Problem]:
         """n problems of the shots_path file (minus test questions), shuffled by seed."""

@@ -70,6 +70,14 @@ class DatasetSpec:
             out["chat"] = True
         return out
 
+    @classmethod
+    def from_record(cls, record: dict) -> "DatasetSpec":
+        """The spec a `record()` (or a run_search run.json holding one) describes."""
+        return cls(dataset=record.get("dataset", BUILT_IN), data_path=record.get("data_path"),
+                   shots_path=record.get("shots_path"),
+                   num_shots=record.get("num_shots", cls.num_shots),
+                   chat=record.get("chat", False))
+
     def load(self, policy_dir: str | None = None) -> Task:
         """The task: the policy run's own for "arithmetic", else the named reader."""
         self.check(hf_policy=policy_dir is None)

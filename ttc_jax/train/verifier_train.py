@@ -391,9 +391,12 @@ def ranking_metrics(rows: VerifierRows, scores: np.ndarray, final: np.ndarray,
   step_exact = rows.step_exact[:, :scores.shape[1]]
   answers = within_question_auc(_by_question(final, rows.question_index),
                                 _by_question(rows.final_correct, rows.question_index))
-  steps = within_question_step_auc([scores[r][step_mask[r]] for r in range(len(rows))],
-                                   [step_exact[r][step_mask[r]] for r in range(len(rows))],
-                                   rows.question_index)
+  if np.isnan(step_exact[step_mask]).any():  # no step checker (MATH, GSM8K): no step AUC
+    steps = {"auc": float("nan"), "pairs": 0}
+  else:
+    steps = within_question_step_auc([scores[r][step_mask[r]] for r in range(len(rows))],
+                                     [step_exact[r][step_mask[r]] for r in range(len(rows))],
+                                     rows.question_index)
   picked, mean = [], []
   for q in np.unique(rows.question_index):
     idx = np.flatnonzero(rows.question_index == q)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ttc_jax import evaluation
 from ttc_jax.decode.generate import next_power_of_two, round_up
+from ttc_jax.decode.ends import SolutionEnds
 from ttc_jax.decode.loop import SEGMENT_STEPS, decode_jit
 from ttc_jax.decode.samplers import Sampler, Temperature
 from ttc_jax.model.cache import KVCache, init_cache
@@ -170,7 +171,10 @@ def exact_step_labels(task: Task, problem: Problem, completion: str) -> list[flo
 
   Step i is 1.0 iff it comes before the first wrong step (all 1.0 when there
   is none): a label says whether the prefix ending at that step is on track.
+  NaN for every step where the task cannot check steps (`has_step_labels`).
   """
+  if not task.has_step_labels:
+    return [float("nan")] * len(task.split_steps(completion))
   first_wrong = task.first_wrong_step(problem, completion)
   n = len(task.split_steps(completion))
   return [1.0 if first_wrong == -1 or i < first_wrong else 0.0 for i in range(n)]
@@ -186,19 +190,37 @@ class _Encoded:
   step_ends: list[int]  # per step: index in ids of its last token ("\n" or final token)
 
 
-def _encode(task: Task, tokenizer, problem: Problem, completion: str) -> _Encoded:
+class _Newlines:
+  """How many newlines each token's text holds: one token for the built-in
+  tokenizer's "\n", but real ones fuse them (Llama-3's ".\n", "\n\n").
+  Memoised: a row set decodes each distinct token once."""
+
+  def __init__(self, tokenizer):
+    self._tokenizer = tokenizer
+    self._counts = {tokenizer.newline_id: 1}
+
+  def __call__(self, token: int) -> int:
+    if token not in self._counts:
+      self._counts[token] = self._tokenizer.decode([token]).count(STEP_DELIMITER)
+    return self._counts[token]
+
+
+def _encode(task: Task, tokenizer, problem: Problem, completion: str,
+            newlines: _Newlines | None = None) -> _Encoded:
   """Tokens of one verifier row and where each step ends.
 
   Prompt and completion are encoded separately, as training and decoding do.
+  A step ends at the token holding its newline; a token with several (a
+  fused "\n\n") ends several steps.
   """
+  newlines = newlines or _Newlines(tokenizer)
   prompt = task.prompt_ids(tokenizer, problem)
   body = tokenizer.encode(completion)
-  newline = tokenizer.newline_id
-  ends = [len(prompt) + i for i, t in enumerate(body) if t == newline]
+  ends = [len(prompt) + i for i, t in enumerate(body) for _ in range(newlines(t))]
   if len(ends) != completion.count(STEP_DELIMITER):
-    raise ValueError(f"{len(ends)} newline tokens for {completion.count(STEP_DELIMITER)} "
-                     f"newlines in {completion!r}: the tokenizer must keep the step delimiter "
-                     "a token of its own")
+    raise ValueError(f"{len(ends)} newlines in the tokens of {completion!r}, which holds "
+                     f"{completion.count(STEP_DELIMITER)}: the tokenizer must keep every "
+                     "newline inside one token's text")
   n_steps = len(task.split_steps(completion))
   if n_steps == len(ends) + 1:  # a final unterminated step ends at the last token
     ends.append(len(prompt) + len(body) - 1)
@@ -236,13 +258,13 @@ def build_rows(task: Task, tokenizer, problems: Sequence[Problem],
   if not len(problems) == len(completions_per_question) == len(step_labels_per_question):
     raise ValueError(f"{len(problems)} problems, {len(completions_per_question)} completion "
                      f"lists and {len(step_labels_per_question)} label lists")
-  built, n_dropped = [], 0
+  built, n_dropped, newlines = [], 0, _Newlines(tokenizer)
   for q, (problem, texts, labels) in enumerate(zip(problems, completions_per_question,
                                                   step_labels_per_question)):
     if len(texts) != len(labels):
       raise ValueError(f"question {q}: {len(texts)} completions but {len(labels)} label lists")
     for text, step_labels in zip(texts, labels):
-      enc = _encode(task, tokenizer, problem, text)
+      enc = _encode(task, tokenizer, problem, text, newlines)
       if len(step_labels) != len(enc.step_ends):
         raise ValueError(f"question {q}: {len(step_labels)} labels for {len(enc.step_ends)} "
                          f"steps of {text!r}")
@@ -269,8 +291,8 @@ def build_rows(task: Task, tokenizer, problems: Sequence[Problem],
     rows["token_mask"][i, enc.prompt_len:stop] = True
     if dev is not None:
       rows["token_targets"][i, stop - 1] = 0.0
-    rows["final_correct"][i] = task.grade(problem, text)
     rows["question_index"][i] = q
+  rows["final_correct"][:] = task.grade_many([b[1] for b in built], [b[2] for b in built])
   return VerifierRows(**rows, n_dropped=n_dropped)
 
 
@@ -326,7 +348,8 @@ def rollout_continuations(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                           problems: Sequence[Problem], completions: Sequence[Sequence[str]], *,
                           rollouts: int = 16, sampler: Sampler = Temperature(1.0), seed: int = 0,
                           max_new_tokens: int = 112, batch_size: int = 256,
-                          progress: bool = False) -> list[list[list[list[str]]]]:
+                          progress: bool = False,
+                          ends: SolutionEnds | None = None) -> list[list[list[list[str]]]]:
   """Policy continuations of every step prefix but the last: [question][sample][step][rollout].
 
   Prefix i is the completion up to and including its i-th "\\n". Each
@@ -336,7 +359,9 @@ def rollout_continuations(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   j * rollouts + r, so results do not depend on batch_size. Rollout rows run
   in batches of batch_size (the last padded with repeats of its first row);
   completions are prefilled in groups of ceil(batch_size / rollouts), so a
-  batch draws from at most two groups.
+  batch draws from at most two groups. A rollout ends at EOS or, where
+  `ends` (default: the task's rule, `evaluation.token_ends`) says so, at a
+  blank line, as the policy's samples do.
   """
   if rollouts < 1:
     raise ValueError(f"rollouts must be >= 1, got {rollouts}")
@@ -345,19 +370,24 @@ def rollout_continuations(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   if len(problems) != len(completions):
     raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
   tokenizer.check_matches(cfg.vocab_size)
+  if ends is None:
+    ends = (evaluation.token_ends(tokenizer, task)[1] if task.ends_at_blank_line
+            else SolutionEnds())
   out: list[list[list[list[str]]]] = []
   prefill_ids: list[list[int]] = []  # per completion that needs rollouts: tokens up to its last prefix
   jobs: list[_Job] = []
+  newlines = _Newlines(tokenizer)
   for q, (problem, texts) in enumerate(zip(problems, completions)):
     out.append([])
     for s, text in enumerate(texts):
-      enc = _encode(task, tokenizer, problem, text)
-      ends = enc.step_ends
-      out[q].append([[] for _ in ends[:-1]])
-      if len(ends) < 2:
+      enc = _encode(task, tokenizer, problem, text, newlines)
+      step_ends = enc.step_ends
+      out[q].append([[] for _ in step_ends[:-1]])
+      if len(step_ends) < 2:
         continue
-      prefill_ids.append(enc.ids[:ends[-2] + 1])
-      jobs += [_Job(q, s, i, len(prefill_ids) - 1, end + 1) for i, end in enumerate(ends[:-1])]
+      prefill_ids.append(enc.ids[:step_ends[-2] + 1])
+      jobs += [_Job(q, s, i, len(prefill_ids) - 1, end + 1)
+               for i, end in enumerate(step_ends[:-1])]
   if not jobs:
     return out
 
@@ -413,7 +443,8 @@ def rollout_continuations(cfg: ModelConfig, params: dict, tokenizer, task: Task,
         cfg, params, cache, next_logits, seed=seed_arr,
         row_streams=jnp.asarray(padded, jnp.uint32),  # row = job * rollouts + r
         max_new=max_new, stop_tokens=stop_tokens, sampler=sampler, buffer_len=buffer_len,
-        pad_id=tokenizer.pad_id, max_start=round_up(max(prefix_lengths), SEGMENT_STEPS))
+        pad_id=tokenizer.pad_id, max_start=round_up(max(prefix_lengths), SEGMENT_STEPS),
+        ends=ends)
     tokens, num_new = np.asarray(state.tokens), np.asarray(state.num_new)  # one host copy
     for i, row in enumerate(chunk):
       job = jobs[row // rollouts]
@@ -447,15 +478,22 @@ def mc_step_labels(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                                 rollouts=rollouts, sampler=sampler, seed=seed,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 progress=progress)
+  # Every rollout (and every completion, for its last step) graded in one call:
+  # a slow grader (math-verify) runs its worker pool over all of them.
+  pairs = [(problem, prefix + c)
+           for problem, texts, per_sample in zip(problems, completions, conts)
+           for text, per_step in zip(texts, per_sample)
+           for prefix, runs in zip(step_prefixes(text), per_step) for c in runs]
+  pairs += [(problem, text) for problem, texts in zip(problems, completions) for text in texts]
+  graded = iter(task.grade_many([p for p, _ in pairs], [t for _, t in pairs]))
+  rollouts_right = [[[float(np.mean([next(graded) for _ in runs])) for runs in per_step]
+                     for per_step in per_sample] for per_sample in conts]
   labels = []
-  for problem, texts, per_sample in zip(problems, completions, conts):
+  for texts, per_sample in zip(completions, rollouts_right):
     labels.append([])
-    for text, per_step in zip(texts, per_sample):
-      soft = [float(np.mean([task.grade(problem, prefix + c) for c in runs]))
-              for prefix, runs in zip(step_prefixes(text), per_step)]
-      if task.split_steps(text):
-        soft.append(float(task.grade(problem, text)))
-      labels[-1].append(soft)
+    for text, soft in zip(texts, per_sample):
+      final = float(next(graded))
+      labels[-1].append(soft + [final] if task.split_steps(text) else soft)
   return labels
 
 
@@ -582,7 +620,8 @@ def _target_stats(rows: VerifierRows) -> dict:
   return {"rows": len(rows), "steps": int(targets.size),
           "step_target_mean": mean_or_nan(targets),
           "step_target_positive_fraction": mean_or_nan(targets >= 0.5),
-          "step_exact_positive_fraction": mean_or_nan(exact),
+          # None where the task has no step checker (NaN labels)
+          "step_exact_positive_fraction": None if np.isnan(exact).any() else mean_or_nan(exact),
           "final_correct_fraction": mean_or_nan(rows.final_correct)}
 
 
@@ -604,9 +643,16 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   exact labels in `step_exact`. Contrastive rows use exact labels;
   reference_chains adds each question's reference solution to them (an
   all-correct chain beside its corrupted copies).
+
+  A task without a step checker (`has_step_labels`: MATH, GSM8K) takes
+  label "mc" only and no contrastive chains; its rows hold NaN exact labels.
+  Samples ended by a blank line lose it (`Task.solution_text`).
   """
   if label not in LABEL_KINDS:
     raise ValueError(f"label must be one of {LABEL_KINDS}, got {label!r}")
+  if not task.has_step_labels and (label != "mc" or contrastive_copies):
+    raise ValueError(f"{task.name} has no step checker: only label='mc' (Monte-Carlo "
+                     "rollouts) and no contrastive chains (they need exact labels)")
   report: dict = {"questions": len(problems), "samples_per_question": samples, "label": label,
                   "rollouts": rollouts if label != "exact" else 0, "temperature": temperature,
                   "seed": seed}
@@ -621,7 +667,8 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   if bar is not None:
     bar.close()
   report["sample_seconds"] = time.perf_counter() - t0
-  kept = [[t for t in texts if task.extract_answer(t) is not None] for texts in sampled.texts]
+  kept = [[task.solution_text(t) for t in texts if task.extract_answer(t) is not None]
+          for texts in sampled.texts]
   n_kept = sum(len(k) for k in kept)
   report.update(completions_sampled=len(problems) * samples, completions_kept=n_kept,
                 dropped_unparsable=len(problems) * samples - n_kept,
@@ -629,13 +676,14 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                 else float("nan"))
 
   exact = [[exact_step_labels(task, p, t) for t in texts] for p, texts in zip(problems, kept)]
-  flat_exact = np.asarray([v for q in exact for s in q for v in s], np.float64)
-  report["exact_steps"] = int(flat_exact.size)
-  report["exact_step_positive_fraction"] = (float(flat_exact.mean()) if flat_exact.size
-                                            else float("nan"))
-  report["fully_correct_fraction"] = (
-      float(np.mean([min(s, default=0.0) == 1.0 and len(s) > 0 for q in exact for s in q]))
-      if n_kept else float("nan"))
+  if task.has_step_labels:
+    flat_exact = np.asarray([v for q in exact for s in q for v in s], np.float64)
+    report["exact_steps"] = int(flat_exact.size)
+    report["exact_step_positive_fraction"] = (float(flat_exact.mean()) if flat_exact.size
+                                              else float("nan"))
+    report["fully_correct_fraction"] = (
+        float(np.mean([min(s, default=0.0) == 1.0 and len(s) > 0 for q in exact for s in q]))
+        if n_kept else float("nan"))
   targets = exact
   if label != "exact":
     t0 = time.perf_counter()
@@ -643,7 +691,8 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
                         sampler=Temperature(temperature), seed=_derived_seed(seed, "mc"),
                         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     report["mc_seconds"] = time.perf_counter() - t0
-    report["mc_agreement"] = mc_agreement(mc, exact)
+    if task.has_step_labels:
+      report["mc_agreement"] = mc_agreement(mc, exact)
     targets = mc if label == "mc" else _capped(mc, exact)
 
   rows = build_rows(task, tokenizer, problems, kept, targets, row_len, source=SOURCE_SAMPLE)
@@ -651,9 +700,12 @@ def make_verifier_dataset(cfg: ModelConfig, params: dict, tokenizer, task: Task,
   parts = [rows]
   if contrastive_copies > 0 or reference_chains:
     chains = [[p.solution] * reference_chains
-              + contrastive_completions(task, p, random.Random(f"contrastive/{seed}/{q}"),
-                                        contrastive_copies) for q, p in enumerate(problems)]
-    chain_labels = [[exact_step_labels(task, p, t) for t in texts]
+              + (contrastive_completions(task, p, random.Random(f"contrastive/{seed}/{q}"),
+                                         contrastive_copies) if contrastive_copies else [])
+              for q, p in enumerate(problems)]
+    # A reference solution is right at every step, checker or not.
+    chain_labels = [[[1.0] * len(task.split_steps(t)) if t == p.solution
+                     else exact_step_labels(task, p, t) for t in texts]
                     for p, texts in zip(problems, chains)]
     contrastive = build_rows(task, tokenizer, problems, chains, chain_labels, row_len,
                              source=SOURCE_CONTRASTIVE)
