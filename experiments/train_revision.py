@@ -2,6 +2,14 @@
 
   python -m experiments.train_revision --policy=runs/small --out_dir=runs/revision_small \\
       --num_train_questions=2000 --samples=64 --temperature=1.2 --batch_size=128
+  python -m experiments.train_revision --policy=runs/gsm8k_small --out_dir=runs/rev_gsm8k \\
+      --dataset=gsm8k --data_path=gsm8k/test.jsonl --shots_path=gsm8k/train.jsonl --num_shots=0
+
+--dataset (experiments/dataset_flags.py): the task of the questions, prompts
+and grading; the default is the policy run's own. A benchmark's training
+questions come from --shots_path (train_policy --dataset records the same
+flags: pass them again). --policy_hf: a Hugging Face folder instead of a run
+directory (needs --dataset); its weights are fine-tuned as they are.
 
 1. Data (`ttc_jax.revision.data`): --samples solutions per training question
    (stream --problem_seed; never a test question) at --temperature; invalid
@@ -58,7 +66,8 @@ import numpy as np
 from ttc_jax import atomic
 from ttc_jax import checkpoints as ckpt_lib
 from ttc_jax.revision import data as rdata
-from ttc_jax.train.data import DataConfig, Rows
+from ttc_jax.tasks.spec import DatasetSpec
+from ttc_jax.train.data import DataConfig, Rows, scale_buckets
 
 DATA_FILE = "revision_data.npz"
 DATA_REPORT_FILE = "revision_data.json"
@@ -215,13 +224,16 @@ def make_dataset(dcfg: RevisionDataConfig, cfg, params, tokenizer, task, *,
 
 def load_or_make_dataset(dcfg: RevisionDataConfig, policy_dir: str, cfg, params, tokenizer,
                          task, out_dir: str, *, batch_size: int = 256, progress: bool = True,
-                         mesh=None, log: Callable[[str], None] = print
-                         ) -> tuple[Rows, Rows, dict, bool]:
+                         mesh=None, log: Callable[[str], None] = print,
+                         spec: DatasetSpec = DatasetSpec()) -> tuple[Rows, Rows, dict, bool]:
   """(train rows, held-out rows, stats, cached): out_dir's cache when its key
-  matches, else built and cached (the report, holding the key, last)."""
+  matches, else built and cached (the report, holding the key, last). spec:
+  the --dataset `task` came from (a benchmark's files join the key)."""
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
   key = dict(dcfg.to_dict(), **ckpt_lib.weights_key("policy", policy_dir, params))
+  if not spec.built_in:  # the built-in task's key stays as caches made before --dataset
+    key.update(spec.record())
   cached = ckpt_lib.cached_report(data_path, report_path, key, "revision data")
   if cached is not None:
     log(f"reusing the cached revision data {data_path}")
@@ -240,8 +252,8 @@ def load_or_make_dataset(dcfg: RevisionDataConfig, policy_dir: str, cfg, params,
 # ---------------------------------------------------------------- training
 
 def default_buckets(row_len: int) -> tuple[int, ...]:
-  """Four padded lengths up to row_len (multiples of 8)."""
-  return tuple(sorted({max(8, -(-row_len * i // 32) * 8) for i in (1, 2, 3)} | {row_len}))
+  """Four padded lengths up to row_len (quarters, multiples of 8)."""
+  return scale_buckets((1, 2, 3, 4), row_len)
 
 
 def revision_preset(cfg, policy_data: DataConfig, dcfg: RevisionDataConfig,
@@ -324,34 +336,47 @@ def _saved_choice(out_dir: str) -> int | None:
 
 # ---------------------------------------------------------------- the pipeline
 
+def policy_data_config(policy: str, hf: bool, spec: DatasetSpec, task) -> DataConfig:
+  """The data config the revision run records: the policy run's own (its task
+  and tokenizer settings; defaults for a Hugging Face folder), on the --dataset
+  task when one is given."""
+  side = {} if hf else ckpt_lib.read_sidecar(
+      ckpt_lib._resolve_run_dir(policy)) or {}  # pylint: disable=protected-access
+  data = DataConfig.from_dict(side["data"]) if "data" in side else DataConfig()
+  return data if spec.built_in else data.with_dataset(spec, task)
+
+
 def run(policy: str, out_dir: str, *, dcfg: RevisionDataConfig, tcfg: RevisionTrainConfig,
         data_batch_size: int = 256, resume: bool = True, stop_at_step: int | None = None,
-        progress: bool = True, mesh=None, log: Callable[[str], None] | None = print) -> dict:
-  """Data (cached) -> fine-tuning (resumable) -> checkpoint choice -> revision.json."""
+        progress: bool = True, mesh=None, log: Callable[[str], None] | None = print,
+        spec: DatasetSpec = DatasetSpec(), hf: bool = False) -> dict:
+  """Data (cached) -> fine-tuning (resumable) -> checkpoint choice -> revision.json.
+
+  spec: the task (default: the policy run's own). hf: policy is a Hugging Face
+  folder (`load_policy_source`), fine-tuned with its own model config."""
   log = log or (lambda s: None)
   from ttc_jax import sharding
-  from ttc_jax.checkpoints import load_policy, load_run_task, read_sidecar
+  from ttc_jax.checkpoints import load_policy_source
   from ttc_jax.train.loop import train
   import jax
   if jax.process_count() > 1:  # the stop rule reads metrics.jsonl, which process 0 writes
     raise NotImplementedError("train_revision runs in one process (any number of devices)")
   out_dir = os.path.abspath(out_dir)
   run_dir = os.path.join(out_dir, TRAIN_SUBDIR)
+  task = spec.load(None if hf else policy)  # bad flags or data fail before loading weights
   os.makedirs(out_dir, exist_ok=True)
-  cfg, params, tokenizer = load_policy(policy)
-  task = load_run_task(policy)
+  cfg, params, tokenizer = load_policy_source(policy, hf)
   if dcfg.row_len > cfg.max_seq_len:
     raise ValueError(f"row_len {dcfg.row_len} exceeds the policy's max_seq_len "
                      f"{cfg.max_seq_len}")
-  side = read_sidecar(ckpt_lib._resolve_run_dir(policy)) or {}  # pylint: disable=protected-access
-  policy_data = DataConfig.from_dict(side["data"]) if "data" in side else DataConfig()
+  policy_data = policy_data_config(policy, hf, spec, task)
   mesh = mesh if mesh is not None else sharding.make_mesh()
 
   t0 = time.perf_counter()
   sample_params = sharding.shard_params(params, cfg, mesh)
   train_rows, held_rows, stats, cached = load_or_make_dataset(
       dcfg, policy, cfg, sample_params, tokenizer, task, out_dir, batch_size=data_batch_size,
-      progress=progress, mesh=mesh, log=log)
+      progress=progress, mesh=mesh, log=log, spec=spec)
   log("revision data: " + json.dumps(stats, sort_keys=True))
   log(f"dataset: {len(train_rows)} training rows, {len(held_rows)} held-out rows "
       f"({'cached' if cached else 'built'} in {time.perf_counter() - t0:.1f}s)")
@@ -381,6 +406,7 @@ def run(policy: str, out_dir: str, *, dcfg: RevisionDataConfig, tcfg: RevisionTr
   curve = read_eval_curve(metrics_path, max_step=last)
   summary = {
       "policy": os.path.abspath(policy), "out_dir": out_dir, "train_dir": run_dir,
+      "dataset": spec.record(),
       "finished": False, "rule": RULE, "patience": tcfg.patience,
       "eval_curve": [{"step": s, "eval_loss": (None if math.isinf(l) else l)}
                      for s, l in curve],
@@ -417,11 +443,12 @@ def run(policy: str, out_dir: str, *, dcfg: RevisionDataConfig, tcfg: RevisionTr
 def _define_flags(flag_values=None):
   """Defines the CLI flags on flag_values (default: absl's global FLAGS); returns it."""
   from absl import flags
+  from experiments import dataset_flags
   from ttc_jax import distributed
   fv = flag_values if flag_values is not None else flags.FLAGS
   on = {"flag_values": fv}
   d, t = RevisionDataConfig(), RevisionTrainConfig()
-  flags.DEFINE_string("policy", None, "Policy run directory (train_policy --out_dir).", **on)
+  dataset_flags.define(fv)  # --dataset, --data_path, ..., --policy, --policy_hf
   flags.DEFINE_string("out_dir", None, "Run directory (data cache, train/, the chosen model).",
                       **on)
   flags.DEFINE_integer("num_train_questions", d.num_questions, "Training-stream questions "
@@ -458,7 +485,7 @@ def _define_flags(flag_values=None):
   flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) at this step, as if "
                        "interrupted.", **on)
   flags.DEFINE_bool("progress", True, "Show progress bars.", **on)
-  flags.mark_flags_as_required(["policy", "out_dir"], **on)
+  flags.mark_flag_as_required("out_dir", **on)
   distributed.define_flags(fv)
   return fv
 
@@ -482,11 +509,19 @@ def main(argv, flag_values=None) -> int:
   from ttc_jax import distributed
   f = flag_values if flag_values is not None else flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from experiments import dataset_flags
+  spec = dataset_flags.spec(f)
+  policy, hf = dataset_flags.policy(f)
+  try:
+    spec.check(hf_policy=hf)
+    dcfg, tcfg = configs_from_flags(f)
+  except ValueError as e:
+    from absl import app
+    raise app.UsageError(str(e)) from None
   distributed.initialize_from_flags(f)
-  dcfg, tcfg = configs_from_flags(f)
-  summary = run(f.policy, f.out_dir, dcfg=dcfg, tcfg=tcfg, data_batch_size=f.data_batch_size,
+  summary = run(policy, f.out_dir, dcfg=dcfg, tcfg=tcfg, data_batch_size=f.data_batch_size,
                 resume=f.resume, stop_at_step=f.stop_at_step, progress=f.progress,
-                log=lambda s: print(s, flush=True))
+                log=lambda s: print(s, flush=True), spec=spec, hf=hf)
   print("summary: " + json.dumps(summary, sort_keys=True), flush=True)
   if summary["finished"]:
     print(f"revision model: step {summary['chosen_step']} (held-out loss minimum at step "

@@ -4,6 +4,13 @@
       --prm=runs/prm_small --questions=1000 --parallel=4 --length=4 --lr=3e-4 \\
       --out_dir=runs/revision_verifier_small
 
+--dataset (experiments/dataset_flags.py): the task of the questions, prompts
+and grading; the default is the revision model run's own. On a benchmark
+(--dataset=gsm8k with --shots_path, the training questions) chain attempts
+also end where their text ends in a blank line (as run_search's), and the
+rows' exact step labels are NaN (no step checker there; the ORM learns the
+outcome).
+
 PAPER.md ("Revisions"): "a separate ORM trained on revision outputs with the
 previous attempts in context", compared with the base PRM used as is.
 
@@ -42,6 +49,7 @@ from typing import Callable
 import numpy as np
 
 from ttc_jax import checkpoints as ckpt_lib
+from ttc_jax.tasks.spec import DatasetSpec
 from ttc_jax.train import verifier_train as vt
 
 DATA_FILE = "revision_verifier_data.npz"
@@ -64,12 +72,14 @@ class DataConfig:
   row_len: int = 0  # 0: the longest row (rounded up to 16), so none is dropped
   seed: int = 0
 
-  def revision_config(self):
+  def revision_config(self, ends=None):
+    """The chains' config; ends: where an attempt ends besides EOS (`token_ends`)."""
     from ttc_jax.decode import Temperature
     from ttc_jax.revision.chains import RevisionConfig
     return RevisionConfig(n=self.parallel * self.length, parallel=self.parallel,
                           max_attempt_tokens=self.max_attempt_tokens, window=self.window,
-                          sampler=Temperature(self.temperature))
+                          sampler=Temperature(self.temperature),
+                          **({} if ends is None else {"ends": ends}))
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -77,14 +87,18 @@ class DataConfig:
 
 def load_or_make_dataset(dcfg: DataConfig, model_dir: str, cfg, params, tokenizer, task,
                          out_dir: str, *, batch_questions: int = 0, progress: bool = True,
-                         log: Callable[[str], None] = print):
+                         log: Callable[[str], None] = print, spec: DatasetSpec = DatasetSpec()):
   """(rows, report, cached): out_dir's cached rows when their key matches, else
-  chains sampled, graded and cached (the report, holding the key, last)."""
+  chains sampled, graded and cached (the report, holding the key, last).
+  spec: the --dataset `task` came from (a benchmark's files join the key)."""
   from experiments.train_prm import load_rows, save_rows
+  from ttc_jax.evaluation import token_ends
   from ttc_jax.revision import verifier as rv
   data_path = os.path.join(out_dir, DATA_FILE)
   report_path = os.path.join(out_dir, DATA_REPORT_FILE)
   key = dict(dcfg.to_dict(), **ckpt_lib.weights_key("revision_model", model_dir, params))
+  if not spec.built_in:  # the built-in task's key stays as caches made before --dataset
+    key.update(spec.record())
   cached = ckpt_lib.cached_report(data_path, report_path, key, "revision-verifier data")
   if cached is not None:
     log(f"reusing the cached attempts {data_path}")
@@ -97,7 +111,8 @@ def load_or_make_dataset(dcfg: DataConfig, model_dir: str, cfg, params, tokenize
     bar = tqdm(total=len(problems), desc="revision chains", unit="question", dynamic_ncols=True)
   try:
     attempts = rv.sample_attempts(cfg, params, tokenizer, task, problems,
-                                  dcfg.revision_config(), seed=dcfg.seed,
+                                  dcfg.revision_config(token_ends(tokenizer, task)[1]),
+                                  seed=dcfg.seed,
                                   batch_questions=batch_questions, progress=bar)
   finally:
     if bar is not None:
@@ -153,16 +168,17 @@ def run(revision_model: str, out_dir: str, *, dcfg: DataConfig, tcfg: vt.Verifie
         init_from: str | None = None, prm: str | None = None, head: str = "value",
         held_out_fraction: float = 0.1, batch_questions: int = 0, resume: bool = True,
         stop_at_step: int | None = None, progress: bool = True,
-        log: Callable[[str], None] = print) -> dict:
-  """Attempts (cached) -> ORM training (resumable) -> comparison; returns the summary."""
+        log: Callable[[str], None] = print, spec: DatasetSpec = DatasetSpec()) -> dict:
+  """Attempts (cached) -> ORM training (resumable) -> comparison; returns the summary.
+  spec: the task (default: the revision model run's own)."""
   from ttc_jax.verifier.data import split_by_question
   from ttc_jax.verifier.model import VerifierConfig
   if tcfg.objective != "orm":
     raise ValueError(f"the revision verifier is an ORM (objective 'orm'), got {tcfg.objective!r}")
+  task = spec.load(revision_model)  # bad flags or data fail before loading weights
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   cfg, params, tokenizer = ckpt_lib.load_policy(revision_model)
-  task = ckpt_lib.load_run_task(revision_model)
   init_from = os.path.abspath(init_from or revision_model)
   if init_from == os.path.abspath(revision_model):
     init_cfg, init_params = cfg, params
@@ -172,7 +188,7 @@ def run(revision_model: str, out_dir: str, *, dcfg: DataConfig, tcfg: vt.Verifie
   t0 = time.perf_counter()
   rows, report, cached = load_or_make_dataset(dcfg, revision_model, cfg, params, tokenizer,
                                               task, out_dir, batch_questions=batch_questions,
-                                              progress=progress, log=log)
+                                              progress=progress, log=log, spec=spec)
   log("data report: " + json.dumps(report, sort_keys=True))
   log(f"attempts: {len(rows)} rows ({'cached' if cached else 'built'} in "
       f"{time.perf_counter() - t0:.1f}s)")
@@ -196,6 +212,7 @@ def run(revision_model: str, out_dir: str, *, dcfg: DataConfig, tcfg: vt.Verifie
   finished = result.stopped_early or result.step >= result.total_steps
   summary = {
       "out_dir": out_dir, "revision_model": scoring["revision_model"], "init_from": init_from,
+      "dataset": spec.record(),
       "prm": prm and os.path.abspath(prm), "head": head, "objective": tcfg.objective,
       "revision_verifier": scoring, "data": report, "data_config": dcfg.to_dict(),
       "dataset_cached": cached, "rows": len(rows), "train_rows": len(train_rows),
@@ -232,9 +249,11 @@ def headline(summary: dict) -> str:
 def _define_flags(flag_values=None):
   """Defines the CLI flags on flag_values (default: absl's global FLAGS); returns it."""
   from absl import flags
+  from experiments import dataset_flags
   fv = flag_values if flag_values is not None else flags.FLAGS
   on = {"flag_values": fv}
   d, t = DataConfig(), vt.VerifierTrainConfig()
+  dataset_flags.define(fv, policy_flag=None)  # --dataset, ...: the model is --revision_model
   flags.DEFINE_string("revision_model", None, "Revision model run directory "
                       "(experiments/train_revision.py --out_dir, or any policy run).", **on)
   flags.DEFINE_string("init_from", None, "Backbone of the verifier: a policy run or a verifier "
@@ -297,12 +316,19 @@ def main(argv, flag_values=None) -> int:
   from absl import flags, logging
   f = flag_values if flag_values is not None else flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from experiments import dataset_flags
+  spec = dataset_flags.spec(f)
+  try:
+    spec.check()
+  except ValueError as e:
+    from absl import app
+    raise app.UsageError(str(e)) from None
   dcfg, tcfg = configs_from_flags(f)
   summary = run(f.revision_model, f.out_dir, dcfg=dcfg, tcfg=tcfg, init_from=f.init_from,
                 prm=f.prm, head=f.head, held_out_fraction=f.held_out_fraction,
                 batch_questions=f.batch_questions, resume=f.resume,
                 stop_at_step=f.stop_at_step, progress=f.progress,
-                log=lambda s: print(s, flush=True))
+                log=lambda s: print(s, flush=True), spec=spec)
   print("summary: " + json.dumps(summary, sort_keys=True), flush=True)
   print(headline(summary), flush=True)
   return 0

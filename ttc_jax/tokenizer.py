@@ -50,6 +50,7 @@ DIGITS = "0123456789"
 # Sentencepiece's word-boundary mark; with add_dummy_prefix every text starts with it.
 DUMMY_PREFIX = "\u2581"
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
+_SPM_MAX_SENTENCE_BYTES = 4192  # sentencepiece's default max_sentence_length
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -499,28 +500,42 @@ def train_tokenizer(samples: Sequence[str], vocab_size: int = 48) -> Tokenizer:
     # newline must survive (sentencepiece otherwise treats it as a sentence
     # break) and operators/signs must never merge with their neighbours.
     symbols = [STEP_DELIMITER] + sorted(chars & set(string.punctuation))
+    # Sentencepiece skips samples over max_sentence_length bytes (default 4192), e.g.
+    # few-shot benchmark prompts; raised only when needed so that the built-in
+    # task's tokenizer (its trainer settings are part of the model file) stays the same.
+    longest = max((len(s.encode("utf-8")) for s in samples), default=0)
+    extra = {"max_sentence_length": longest} if longest > _SPM_MAX_SENTENCE_BYTES else {}
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(samples),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,
-        split_digits=True,
-        required_chars=DIGITS,
-        user_defined_symbols=symbols,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        byte_fallback=False,
-        character_coverage=1.0,
-        pad_id=PAD_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        unk_id=UNK_ID,
-        num_threads=1,  # determinism
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(samples),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            split_digits=True,
+            required_chars=DIGITS,
+            user_defined_symbols=symbols,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            byte_fallback=False,
+            character_coverage=1.0,
+            pad_id=PAD_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            num_threads=1,  # determinism
+            minloglevel=2,
+            **extra,
+        )
+    except RuntimeError as e:  # sentencepiece's own message names neither flag nor cause
+        if "smaller than required_chars" not in str(e):
+            raise
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for the {len(chars)} distinct characters "
+            "of the tokenizer corpus (each needs a piece, as do the special tokens): raise "
+            "it (train_policy --tokenizer_vocab_size)") from None
     return Tokenizer(model.getvalue())
 
 

@@ -183,7 +183,10 @@ def sample_revision_examples(cfg, params, tokenizer, task: Task, problems: Seque
                            sampler=Temperature(temperature), seed=seed,
                            max_new_tokens=max_new_tokens, batch_size=batch_size,
                            progress=progress, mesh=mesh)
-  examples, stats = examples_from_samples(task, drawn.texts, drawn.correct, drawn.num_tokens,
+  # A sample that ended at a blank line (few-shot benchmarks) drops it: attempts and
+  # targets end as the chains' attempts do, before EOS.
+  texts = [[task.solution_text(t) for t in q_texts] for q_texts in drawn.texts]
+  examples, stats = examples_from_samples(task, texts, drawn.correct, drawn.num_tokens,
                                           max_new_tokens=max_new_tokens, seed=seed,
                                           max_attempts=max_attempts)
   stats["sample_pass_rate"] = float(drawn.correct.mean()) if drawn.correct.size else 0.0

@@ -205,9 +205,10 @@ def attempt_rows(task, tokenizer, problems: Sequence, attempts: Sequence[Attempt
   Labels: `final_correct` is the attempt's graded answer (the ORM target: the
   trainer's "orm" objective puts it on the last step); `step_targets` holds it
   at every step end too (outcome supervision, were the rows trained as a
-  PRM); `step_exact` the exact step labels where the task's step split agrees
-  with the token step ends (else the outcome). No token-level targets. Rows
-  longer than row_len are dropped and counted.
+  PRM); `step_exact` the exact step labels (`exact_step_labels`: NaN where
+  the task has no step checker) where the task's step split agrees with the
+  token step ends, else the outcome. No token-level targets. Rows longer than
+  row_len are dropped and counted.
   """
   kept = [a for a in attempts if len(a.context) + len(a.ids) <= row_len]
   r = len(kept)
@@ -261,8 +262,14 @@ def sample_attempts(cfg, params: dict, tokenizer, task, problems: Sequence,
         jnp.asarray(seed, jnp.uint32), jnp.asarray(padded, jnp.uint32),
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
     rows = len(index) * rcfg.parallel
+    num_new = np.asarray(out.num_new)
+    if rcfg.ends.active:  # an attempt's closing empty step is dropped, as EOS is, in its
+      # context (`closed_attempt`): the attempt's content stops before it
+      flat = out.tokens.reshape(-1, out.tokens.shape[-1])
+      content, _ = content_length(flat, num_new.reshape(-1), tokenizer.eos_id, rcfg.ends)
+      num_new = np.asarray(content).reshape(num_new.shape)
     attempts += graded_attempts(task, tokenizer, problems, index,
-                                np.asarray(out.tokens)[:rows], np.asarray(out.num_new)[:rows],
+                                np.asarray(out.tokens)[:rows], num_new[:rows],
                                 parallel=rcfg.parallel, window=rcfg.window)
     if progress is not None:
       progress.update(len(index))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 from ttc_jax.tasks.base import Task
 
@@ -81,12 +82,27 @@ class DatasetSpec:
     def load(self, policy_dir: str | None = None) -> Task:
         """The task: the policy run's own for "arithmetic", else the named reader."""
         self.check(hf_policy=policy_dir is None)
+        from ttc_jax.checkpoints import load_run_task
         if not self.built_in:
             from ttc_jax.tasks import get_task
-            return get_task(self.dataset, **self.task_options())
-        from ttc_jax.checkpoints import load_run_task
+            task = get_task(self.dataset, **self.task_options())
+            if policy_dir is not None:
+                self._warn_if_prompted_otherwise(load_run_task(policy_dir), policy_dir)
+            return task
         task = load_run_task(policy_dir)
         if task.name != BUILT_IN:
             raise ValueError(f"{policy_dir} was trained on {task.name!r}: pass "
                              f"--dataset={task.name} (with its --data_path / --shots_path)")
         return task
+
+    def _warn_if_prompted_otherwise(self, trained_on: Task, policy_dir: str) -> None:
+        """A policy run trained on this benchmark saw its prompts: other shots or a
+        chat template are prompts it never saw (allowed, but said)."""
+        if trained_on.name != self.dataset:
+            return
+        seen = (getattr(trained_on, "num_shots", None), getattr(trained_on, "chat", False))
+        if seen != (self.num_shots, self.chat):
+            warnings.warn(f"{policy_dir} was trained on {self.dataset} prompts with "
+                          f"num_shots={seen[0]}, chat={seen[1]}; these use "
+                          f"num_shots={self.num_shots}, chat={self.chat} (--num_shots, --chat)",
+                          stacklevel=3)

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from ttc_jax.tasks import Problem, Task, get_task
+from ttc_jax.tasks.spec import DatasetSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,15 @@ class DataConfig:
 
   def make_task(self) -> Task:
     return get_task(self.task, **dict(self.task_options))
+
+  def with_dataset(self, spec: DatasetSpec, task: Task) -> "DataConfig":
+    """A copy on a benchmark's task: `spec` (a non-built-in `DatasetSpec`) and the
+    task it loaded. Its file paths are recorded absolute (the default data file
+    resolved), so the run's sidecar rebuilds the task from any directory."""
+    spec = dataclasses.replace(spec, data_path=os.path.abspath(task.data_path),
+                               shots_path=spec.shots_path and os.path.abspath(spec.shots_path))
+    return dataclasses.replace(self, task=spec.dataset,
+                               task_options=tuple(sorted(spec.task_options().items())))
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
@@ -130,8 +141,17 @@ def build_rows(data: DataConfig, tokenizer, task: Task | None = None) -> tuple[R
   train = tokenize_problems(task, tokenizer, problems[:data.n_train_problems], data.row_len)
   evals = tokenize_problems(task, tokenizer, problems[data.n_train_problems:], data.row_len)
   if len(train) == 0:
-    raise ValueError(f"every training row is longer than row_len={data.row_len}")
+    raise ValueError(f"every training row is longer than row_len={data.row_len}: raise "
+                     "row_len (train_policy --row_len)")
   return train, evals
+
+
+def scale_buckets(buckets: tuple[int, ...], row_len: int) -> tuple[int, ...]:
+  """`buckets` stretched so the last one is row_len: each length scaled by
+  row_len / buckets[-1], rounded up to a multiple of 8 (at most row_len)."""
+  top = buckets[-1]
+  scaled = {min(row_len, max(8, -(-b * row_len // (8 * top)) * 8)) for b in buckets[:-1]}
+  return tuple(sorted(scaled | {row_len}))
 
 
 def bucket_for(length: int, buckets: tuple[int, ...]) -> int:

@@ -303,7 +303,8 @@ def train(preset: Preset, out_dir: str, *, mesh=None, resume: bool = True,
   rows: (train rows, eval rows) used instead of `build_rows(preset.data)`;
     the preset's data config still gives buckets, sort window and the task.
   initial_params: the params pytree a fresh run starts from (a resumed run
-    restores its checkpoint instead); the model config must match.
+    restores its checkpoint instead); the preset's model config, vocabulary
+    size included, must match them.
   tokenizer: the tokenizer to use and save instead of building the preset's.
   eval_at_start: a fresh run also logs the eval loss of its step-0 params.
   should_stop(step, eval_loss): called after each periodic evaluation (and
@@ -354,7 +355,14 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
       continue
   tokenizer = _load_or_build_tokenizer(preset, out_dir, peek and peek.get("tokenizer"), task,
                                        given_tokenizer)
-  cfg = preset.model_config_for(tokenizer.vocab_size)
+  if initial_params is None:
+    cfg = preset.model_config_for(tokenizer.vocab_size)
+  else:  # fine-tuning keeps the params' embedding (a Hugging Face one may have spare rows)
+    cfg = preset.model
+    tokenizer.check_matches(cfg.vocab_size)
+  if preset.data.row_len > cfg.max_seq_len:
+    raise ValueError(f"row_len {preset.data.row_len} exceeds the model's max_seq_len "
+                     f"{cfg.max_seq_len}")
   if peek is not None:
     if "model_config" in peek:
       ckpt_lib.check_model_config(peek["model_config"], cfg, where=f" in {out_dir}")
@@ -370,9 +378,9 @@ def _train(preset, out_dir, ckpt, task, mesh, resume, stop_at_step, progress, me
   plan = data_lib.BatchPlan(train_rows, tc.batch_size, tc.seed, preset.data.buckets,
                             preset.data.sort_window)
   total_steps = tc.resolve_steps(float(train_rows.lengths.mean()))
-  if train_rows.n_dropped:
-    warnings.warn(f"{train_rows.n_dropped} training rows longer than row_len="
-                  f"{preset.data.row_len} were dropped", stacklevel=2)
+  if train_rows.n_dropped or eval_rows.n_dropped:
+    warnings.warn(f"{train_rows.n_dropped} training and {eval_rows.n_dropped} eval rows longer "
+                  f"than row_len={preset.data.row_len} were dropped", stacklevel=2)
   log(f"data: {len(train_rows)} train rows (mean {train_rows.lengths.mean():.1f} tokens), "
       f"{len(eval_rows)} eval rows, {total_steps} steps of {tc.batch_size} rows "
       f"[{time.perf_counter() - t0:.1f}s]")

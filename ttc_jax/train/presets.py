@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 
 from ttc_jax.model import ModelConfig
-from ttc_jax.train.data import DataConfig
+from ttc_jax.train.data import DataConfig, scale_buckets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +110,14 @@ class Preset:
     if "steps" in overrides:
       overrides.setdefault("train_tokens", None)
     return dataclasses.replace(self, train=dataclasses.replace(self.train, **overrides))
+
+  def with_data(self, **overrides) -> "Preset":
+    """A copy with some DataConfig fields replaced (None values ignored). A new
+    row_len without buckets stretches the preset's buckets to end there."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "row_len" in overrides and "buckets" not in overrides:
+      overrides["buckets"] = scale_buckets(self.data.buckets, overrides["row_len"])
+    return dataclasses.replace(self, data=dataclasses.replace(self.data, **overrides))
 
   def to_dict(self) -> dict:
     return {"name": self.name, "model": self.model.to_dict(), "train": self.train.to_dict(),
