@@ -21,6 +21,15 @@ is written atomically or append-with-fsync):
   report        bins, compute-optimal, router, FLOPs matching, findings:
                 OUT/report.md, OUT/*.png, OUT/results.json
 
+On a benchmark (--dataset=gsm8k|math500 with --shots_path=<its train split>)
+the policies train on the train split's reference solutions (the project's
+own tokenizer, `train_policy --dataset`), the PRM learns Monte-Carlo labels,
+and everything after runs on the test split, e.g.
+
+  python -m experiments.reproduce --preset=paper --dataset=gsm8k \
+      --data_path=gsm8k/test.jsonl --shots_path=gsm8k/train.jsonl --num_shots=0 \
+      --row_len=384 --max_step_tokens=64 --max_solution_tokens=256 --out_dir=runs/gsm8k
+
 Presets: `smoke` (minutes on a 2-core CPU; the tests run it), `demo` (the
 README's default; <= 40 minutes on a 2-core CPU from a fresh clone), `paper`
 (the paper's budgets 2^0..2^8 and 2048 difficulty samples; for a GPU/TPU).
@@ -39,6 +48,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
+from experiments import dataset_flags
 from ttc_jax import distributed
 
 DIFFICULTY_SEED = 1000  # the difficulty samples' seed: independent of every sweep seed
@@ -102,9 +112,28 @@ class Preset:
   train_steps: int | None = None  # override both policies' steps (smoke)
   few_compiles: bool = False  # run_search --few_compiles: short sweeps are mostly compiling
   revisions: RevisionSpec | None = None  # sequential revisions (None: not run)
+  # A benchmark instead of the built-in task (a DatasetSpec record; None: built-in) and
+  # the lengths its text needs (None: the built-in task's defaults).
+  dataset: dict | None = None
+  row_len: int | None = None  # policy training rows and PRM rows
+  max_solution_tokens: int | None = None  # samples, search, PRM and revision data
+  max_attempt_tokens: int | None = None  # one revision attempt
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+  @property
+  def spec(self):
+    from ttc_jax.tasks.spec import DatasetSpec
+    return DatasetSpec() if self.dataset is None else DatasetSpec.from_record(self.dataset)
+
+  def on_dataset(self, spec) -> "Preset":
+    """This preset on a benchmark (a non-built-in DatasetSpec): the policies train
+    on its training problems; PRM labels are Monte-Carlo (no step checker), with
+    the reference solutions as all-correct chains (`prm_stage`) instead of
+    corrupted copies."""
+    prm = dataclasses.replace(self.prm, label="mc", contrastive_copies=0)
+    return dataclasses.replace(self, dataset=spec.record(), prm=prm)
 
 
 _METHODS = ("best_of_n", "beam", "lookahead", "dvts")
@@ -241,10 +270,15 @@ def check_preset(out_dir: str, preset: Preset) -> None:
 
 
 def train_stage(train_preset: str, out_dir: str, steps: int | None, progress: bool,
-                log: Callable[[str], None]) -> dict:
+                log: Callable[[str], None], preset: "Preset | None" = None) -> dict:
+  """Trains a policy preset; on the reproduction's benchmark when it has one."""
   from ttc_jax.train import get_preset as get_train_preset, train
-  result = train(get_train_preset(train_preset).with_train(steps=steps), out_dir,
-                 progress=progress, log=log)
+  policy = get_train_preset(train_preset).with_train(steps=steps)
+  if preset is not None:
+    if preset.dataset is not None:
+      policy = policy.on_dataset(preset.spec)
+    policy = policy.with_data(row_len=preset.row_len)
+  result = train(policy, out_dir, progress=progress, log=log)
   summary = result.summary()
   if result.step < result.total_steps:
     raise RuntimeError(f"{out_dir}: training stopped at {result.step}/{result.total_steps}")
@@ -256,15 +290,18 @@ def prm_stage(preset: Preset, out: str, progress: bool, log: Callable[[str], Non
   from experiments import train_prm
   from ttc_jax.train import verifier_train as vt
   spec = preset.prm
+  lengths = {k: v for k, v in (("row_len", preset.row_len),
+                                ("max_new_tokens", preset.max_solution_tokens)) if v}
   dcfg = train_prm.PrmDataConfig(num_questions=spec.num_questions, samples=spec.samples,
-                                 label=spec.label, contrastive_copies=spec.contrastive_copies)
+                                 label=spec.label, contrastive_copies=spec.contrastive_copies,
+                                 reference_chains=preset.dataset is not None, **lengths)
   tcfg = vt.VerifierTrainConfig(lr=spec.lr, batch_size=spec.batch_size,
                                 max_epochs=spec.max_epochs, eval_every=spec.eval_every,
                                 token_targets=spec.token_targets)
   backbone = os.path.join(out, "verifier_backbone" if preset.verifier_backbone else "small")
   summary = train_prm.run(os.path.join(out, "small"), os.path.join(out, "prm"), dcfg=dcfg,
-                          tcfg=tcfg, init_from=backbone, head=spec.head, progress=progress,
-                          log=lambda s: None)
+                          tcfg=tcfg, spec=preset.spec, init_from=backbone, head=spec.head,
+                          progress=progress, log=lambda s: None)
   if not summary["finished"]:
     raise RuntimeError("PRM training did not finish")
   log(train_prm.headline(summary))
@@ -281,13 +318,14 @@ def revision_model_stage(preset: Preset, out: str, progress: bool,
     log("revision model: the small policy itself (this preset does not fine-tune one)")
     return {"model_dir": small, "fine_tuned": False}
   from experiments import train_revision as tr
+  lengths = {"max_new_tokens": preset.max_solution_tokens} if preset.max_solution_tokens else {}
   dcfg = tr.RevisionDataConfig(num_questions=spec.num_questions, samples=spec.samples,
-                               temperature=spec.temperature)
+                               temperature=spec.temperature, **lengths)
   tcfg = tr.RevisionTrainConfig(lr=spec.lr, batch_size=spec.batch_size, epochs=spec.epochs,
                                 eval_every=spec.eval_every, patience=spec.patience)
   model_dir = os.path.join(out, "revision_model")
   summary = tr.run(small, model_dir, dcfg=dcfg, tcfg=tcfg, progress=progress,
-                   log=lambda s: None)
+                   log=lambda s: None, spec=preset.spec)
   if not summary["finished"]:
     raise RuntimeError("revision model training did not finish")
   log(f"revision model: step {summary['chosen_step']} of {summary['steps_trained']} (held-out "
@@ -304,10 +342,15 @@ def revision_grid(preset: Preset, model_dir: str) -> dict:
 
 def search_options(preset: Preset, out: str, name: str, **grid):
   from experiments.run_search import Options
+  spec = preset.spec
+  task = {} if spec.built_in else dict(dataset=spec.dataset, data_path=spec.data_path,
+                                       shots_path=spec.shots_path, num_shots=spec.num_shots)
+  lengths = {k: v for k, v in (("max_solution_tokens", preset.max_solution_tokens),
+                                ("max_attempt_tokens", preset.max_attempt_tokens)) if v}
   return Options(policy=os.path.join(out, "small"), prm=os.path.join(out, "prm"),
                  out_dir=os.path.join(out, name), num_questions=preset.questions,
                  max_step_tokens=preset.max_step_tokens, few_compiles=preset.few_compiles,
-                 **grid)
+                 **task, **lengths, **grid)
 
 
 def sweep_grids(preset: Preset) -> list[dict]:
@@ -349,7 +392,8 @@ def large_greedy_stage(preset: Preset, out: str) -> dict:
   task = load_task(opts)
   questions = select_questions(task, opts)
   correct, params = large_greedy_correct(os.path.join(out, "large"), task,
-                                         [p for _, p in questions])
+                                         [p for _, p in questions],
+                                         max_new_tokens=opts.max_solution_tokens)
   return {"params": params, "correct": {str(i): bool(c) for (i, _), c in zip(questions, correct)}}
 
 
@@ -435,13 +479,13 @@ def reproduce(preset: Preset, out: str, progress: bool = True,
   stages = Stages(out, names, log)
   done = {}
   done["small"] = stages.run("small", lambda: train_stage(
-      preset.small, os.path.join(out, "small"), preset.train_steps, progress, log))
+      preset.small, os.path.join(out, "small"), preset.train_steps, progress, log, preset))
   done["large"] = stages.run("large", lambda: train_stage(
-      preset.large, os.path.join(out, "large"), preset.train_steps, progress, log))
+      preset.large, os.path.join(out, "large"), preset.train_steps, progress, log, preset))
   if preset.verifier_backbone:
     done["verifier"] = stages.run("verifier", lambda: train_stage(
         preset.verifier_backbone, os.path.join(out, "verifier_backbone"), preset.train_steps,
-        progress, log))
+        progress, log, preset))
   done["prm"] = stages.run("prm", lambda: prm_stage(preset, out, progress, log))
   done["difficulty"] = stages.run("difficulty", lambda: search_stage(
       preset, out, "difficulty", [dict(methods=("best_of_n",), ns=(preset.difficulty_samples,))],
@@ -463,29 +507,49 @@ def reproduce(preset: Preset, out: str, progress: bool = True,
 # ----------------------------------------------------------------------------- CLI
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "demo", sorted(PRESETS), "What to run (see the module docstring).")
-flags.DEFINE_string("out_dir", None, "Output directory (every stage's files, report.md, "
-                    "results.json, plots).")
-flags.DEFINE_integer("questions", None, "Override: test questions swept.")
-flags.DEFINE_integer("difficulty_samples", None, "Override: S, samples per question for the "
-                     "difficulty bins (paper: 2048).")
-flags.DEFINE_list("budgets", None, "Override: generation budgets N (paper: 1,2,4,...,256).")
-flags.DEFINE_list("seeds", None, "Override: sweep seeds.")
-flags.DEFINE_integer("n_boot", None, "Override: bootstrap resamples for the intervals.")
-flags.DEFINE_integer("revision_samples", None, "Override: policy samples per training question "
-                     "for the revision model's data (paper: 64; the demo's 16 give a model "
-                     "that copies its last attempt, BUILD_NOTES.md).", lower_bound=1)
-flags.DEFINE_bool("progress", True, "Progress bars with ETA per stage.")
-flags.mark_flag_as_required("out_dir")
-distributed.define_flags(default_local_devices=-1)  # two XLA:CPU devices on a CPU backend
+
+
+def define_flags() -> None:
+  """The CLI flags (defined only when run as a script: tests import this module)."""
+  flags.DEFINE_enum("preset", "demo", sorted(PRESETS), "What to run (see the module docstring).")
+  flags.DEFINE_string("out_dir", None, "Output directory (every stage's files, report.md, "
+                      "results.json, plots).")
+  flags.DEFINE_integer("questions", None, "Override: test questions swept.")
+  flags.DEFINE_integer("difficulty_samples", None, "Override: S, samples per question for the "
+                       "difficulty bins (paper: 2048).")
+  flags.DEFINE_list("budgets", None, "Override: generation budgets N (paper: 1,2,4,...,256).")
+  flags.DEFINE_list("seeds", None, "Override: sweep seeds.")
+  flags.DEFINE_integer("n_boot", None, "Override: bootstrap resamples for the intervals.")
+  flags.DEFINE_integer("revision_samples", None, "Override: policy samples per training question "
+                       "for the revision model's data (paper: 64; the demo's 16 give a model "
+                       "that copies its last attempt, BUILD_NOTES.md).", lower_bound=1)
+  flags.DEFINE_integer("max_step_tokens", None, "Override: tokens one step may take (the "
+                       "built-in task's steps take <= 14).")
+  flags.DEFINE_integer("max_solution_tokens", None, "Override: tokens a solution may take "
+                       "(default 112, the built-in task's).")
+  flags.DEFINE_integer("max_attempt_tokens", None, "Override: tokens one revision attempt may "
+                       "take (default 88; 4 previous ones + 1 fit the policy's max_seq_len).")
+  flags.DEFINE_integer("row_len", None, "Override: the policies' training rows and PRM rows "
+                       "(a benchmark's text needs more than the built-in task's 128).")
+  flags.DEFINE_bool("progress", True, "Progress bars with ETA per stage.")
+  flags.mark_flag_as_required("out_dir")
+  dataset_flags.define(FLAGS, policy_flag=None)
+  distributed.define_flags(default_local_devices=-1)  # two XLA:CPU devices on a CPU backend
 
 
 def preset_from_flags() -> Preset:
   ints = lambda xs: None if xs is None else tuple(int(x) for x in xs)
   overrides = dict(questions=FLAGS.questions, difficulty_samples=FLAGS.difficulty_samples,
-                   budgets=ints(FLAGS.budgets), seeds=ints(FLAGS.seeds), n_boot=FLAGS.n_boot)
+                   budgets=ints(FLAGS.budgets), seeds=ints(FLAGS.seeds), n_boot=FLAGS.n_boot,
+                   max_step_tokens=FLAGS.max_step_tokens, row_len=FLAGS.row_len,
+                   max_solution_tokens=FLAGS.max_solution_tokens,
+                   max_attempt_tokens=FLAGS.max_attempt_tokens)
   preset = dataclasses.replace(get_preset(FLAGS.preset),
                                **{k: v for k, v in overrides.items() if v is not None})
+  spec = dataset_flags.spec(FLAGS)
+  spec.check()
+  if not spec.built_in:
+    preset = preset.on_dataset(spec)
   if FLAGS.revision_samples is not None:
     if preset.revisions is None:
       raise ValueError(f"--revision_samples: preset {preset.name} runs no revisions")
@@ -512,4 +576,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

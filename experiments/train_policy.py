@@ -29,19 +29,15 @@ on) and ends bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from absl import app, flags, logging
 
 from experiments import dataset_flags
 from ttc_jax import distributed
-from ttc_jax.tasks.spec import DatasetSpec
+from ttc_jax.train.presets import DATASET_VOCAB_SIZE
 
 FLAGS = flags.FLAGS
-# --dataset's tokenizer size when --tokenizer_vocab_size is not given (an upper bound:
-# a small corpus yields fewer pieces).
-DATASET_VOCAB_SIZE = 1024
 flags.DEFINE_string("preset", "smoke", "Preset name (ttc_jax.train.presets): smoke, small, "
                     "small_verifier, large.")
 flags.DEFINE_string("out_dir", None, "Run directory (checkpoints, tokenizer, metrics).")
@@ -95,33 +91,6 @@ def _cpu_device_count() -> int:
   return distributed.AUTO_CPU_DEVICES
 
 
-def dataset_data(spec: DatasetSpec, base, *, num_train_problems: int | None = None,
-                 num_eval_problems: int | None = None,
-                 tokenizer_vocab_size: int | None = None):
-  """The DataConfig of a --dataset run (see the module docstring): `base` on the
-  spec's task, with the sizes its training file allows."""
-  if spec.chat:
-    raise ValueError("--chat prompts an instruct model through its tokenizer's chat template; "
-                     "a policy trained here uses the project's own tokenizer, which has none")
-  if spec.shots_path is None:
-    raise ValueError(f"--dataset={spec.dataset} trains on the problems of --shots_path (a "
-                     f"train-split JSONL in {spec.dataset}'s format); none was given")
-  task = spec.load()  # checks the flags and that the files exist
-  pool = task.num_train_problems
-  n_eval = num_eval_problems
-  if n_eval is None:
-    n_eval = min(base.n_eval_problems, pool // 10)
-  n_train = pool - n_eval if num_train_problems is None else num_train_problems
-  if n_train < 1 or n_eval < 0 or n_train + n_eval > pool:
-    raise ValueError(f"{n_train} training + {n_eval} eval problems do not fit the {pool} "
-                     f"training problems of {spec.shots_path} (after removing test questions): "
-                     "set --num_train_problems / --num_eval_problems")
-  return dataclasses.replace(
-      base.with_dataset(spec, task), n_train_problems=n_train, n_eval_problems=n_eval,
-      tokenizer_vocab_size=tokenizer_vocab_size or DATASET_VOCAB_SIZE,
-      tokenizer_samples=min(base.tokenizer_samples, pool))
-
-
 def make_preset():
   """The preset named by the flags, with their training and data overrides."""
   from ttc_jax.train import get_preset
@@ -135,7 +104,7 @@ def make_preset():
   spec = dataset_flags.spec(FLAGS)
   spec.check()
   if not spec.built_in:
-    preset = dataclasses.replace(preset, data=dataset_data(spec, preset.data, **sizes))
+    preset = preset.on_dataset(spec, **sizes)
   buckets = tuple(int(b) for b in FLAGS.buckets) if FLAGS.buckets else None
   return preset.with_data(n_train_problems=sizes["num_train_problems"],
                           n_eval_problems=sizes["num_eval_problems"],

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 
 from ttc_jax.model import ModelConfig
+from ttc_jax.tasks.spec import DatasetSpec
 from ttc_jax.train.data import DataConfig, scale_buckets
 
 
@@ -119,9 +120,45 @@ class Preset:
       overrides["buckets"] = scale_buckets(self.data.buckets, overrides["row_len"])
     return dataclasses.replace(self, data=dataclasses.replace(self.data, **overrides))
 
+  def on_dataset(self, spec: DatasetSpec, *, num_train_problems: int | None = None,
+                 num_eval_problems: int | None = None,
+                 tokenizer_vocab_size: int | None = None) -> "Preset":
+    """A copy training on a benchmark's training problems (spec: a non-built-in
+    `DatasetSpec` with a shots_path): the same model and schedule; by default
+    all its training problems but a held-out tenth (at most the preset's eval
+    count) and a tokenizer of up to DATASET_VOCAB_SIZE pieces."""
+    if spec.chat:
+      raise ValueError("--chat prompts an instruct model through its tokenizer's chat "
+                       "template; a policy trained here uses the project's own tokenizer, "
+                       "which has none")
+    if spec.shots_path is None:
+      raise ValueError(f"--dataset={spec.dataset} trains on the problems of --shots_path (a "
+                       f"train-split JSONL in {spec.dataset}'s format); none was given")
+    task = spec.load()  # checks the flags and that the files exist
+    pool = task.num_train_problems
+    n_eval = num_eval_problems
+    if n_eval is None:
+      n_eval = min(self.data.n_eval_problems, pool // 10)
+    n_train = pool - n_eval if num_train_problems is None else num_train_problems
+    if n_train < 1 or n_eval < 0 or n_train + n_eval > pool:
+      raise ValueError(f"{n_train} training + {n_eval} eval problems do not fit the {pool} "
+                       f"training problems of {spec.shots_path} (after removing test "
+                       "questions): set --num_train_problems / --num_eval_problems")
+    data = dataclasses.replace(
+        self.data.with_dataset(spec, task), n_train_problems=n_train, n_eval_problems=n_eval,
+        tokenizer_vocab_size=tokenizer_vocab_size or DATASET_VOCAB_SIZE,
+        tokenizer_samples=min(self.data.tokenizer_samples, pool))
+    return dataclasses.replace(self, data=data)
+
   def to_dict(self) -> dict:
     return {"name": self.name, "model": self.model.to_dict(), "train": self.train.to_dict(),
             "data": self.data.to_dict()}
+
+
+# A benchmark's tokenizer size unless given (an upper bound: a small corpus yields
+# fewer pieces); the built-in task's 48 are single characters, benchmark text
+# needs word pieces.
+DATASET_VOCAB_SIZE = 1024
 
 
 def _llama(d_model: int, n_layers: int, n_heads: int, ffn_dim: int) -> ModelConfig:
