@@ -356,12 +356,15 @@ def search_options(preset: Preset, out: str, name: str, **grid):
 def sweep_grids(preset: Preset) -> list[dict]:
   """run_search grids of the sweep. Lookahead costs N (k + 1) generations, so
   each k runs only the N whose cost stays within the largest budget (the
-  analysis compares strategies at equal generations)."""
+  analysis compares strategies at equal generations) and that some width M
+  fits."""
   others = tuple(m for m in preset.methods if m != "lookahead")
   grids = [dict(methods=others, ns=preset.budgets, ms=preset.ms, ks=(0,))] if others else []
   if "lookahead" in preset.methods:
+    some_m_fits = lambda n: any(m == "sqrt" or int(m) <= n for m in preset.ms)
     for k in preset.ks:
-      ns = tuple(n for n in preset.budgets if n * (k + 1) <= max(preset.budgets))
+      ns = tuple(n for n in preset.budgets
+                 if n * (k + 1) <= max(preset.budgets) and some_m_fits(n))
       if ns:
         grids.append(dict(methods=("lookahead",), ns=ns, ms=preset.ms, ks=(k,)))
   return grids

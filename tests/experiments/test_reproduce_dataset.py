@@ -93,3 +93,14 @@ def test_the_built_in_task_keeps_its_settings(tmp_path):
   smoke = reproduce.get_preset("smoke")
   opts = reproduce.search_options(smoke, str(tmp_path), "sweep")
   assert opts.spec.built_in and opts.max_solution_tokens == 112
+
+
+def test_lookahead_runs_only_budgets_a_width_fits():
+  # Budgets 1, 2 with M = 2 and k = 1: lookahead's only affordable N (1) fits no
+  # width, so the sweep has no lookahead grid rather than one with no valid config.
+  smoke = dataclasses.replace(reproduce.get_preset("smoke"), budgets=(1, 2))
+  grids = reproduce.sweep_grids(smoke)
+  assert not any("lookahead" in g["methods"] for g in grids)
+  ns = [g["ns"] for g in reproduce.sweep_grids(reproduce.get_preset("smoke"))
+        if g["methods"] == ("lookahead",)]
+  assert ns == [(2,)]
