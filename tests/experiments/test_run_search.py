@@ -171,7 +171,7 @@ def test_revisions_sweep(smoke_policy, tmp_path):
   the all-parallel ratio is best-of-N exactly; chains record their extras."""
   out = tmp_path / "revisions"
   opts = _opts(smoke_policy, out, methods=("best_of_n", "revisions"), ns=(1, 4),
-               ratios=("par", "1:1", "seq", "2:1"), revision_model=smoke_policy, num_questions=3,
+               ratios=("par", "1:1", "seq", "2:1"), revision_model=smoke_policy, num_questions=2,
                max_attempt_tokens=24)
   configs, notes = run_search.expand_grid(opts)
   assert sum("ratio=2:1" in note for note in notes) == 2  # 2:1 splits neither 1 nor 4
@@ -180,7 +180,7 @@ def test_revisions_sweep(smoke_policy, tmp_path):
   # best-of-N n=1, 4; revisions n=1 and n=4 at each of par, 1:1, seq
   by_key = {(l["config"]["method"], l["config"]["n"], l["config"].get("ratio"),
              l["question_index"]): l for l in lines}
-  assert len(lines) == 3 * (2 + 3 + 3) == len(by_key)
+  assert len(lines) == 2 * (2 + 3 + 3) == len(by_key)
   for q in {l["question_index"] for l in lines}:
     bon, par = by_key[("best_of_n", 4, None, q)], by_key[("revisions", 4, "par", q)]
     for field in ("answers", "correct", "scores", "num_tokens"):

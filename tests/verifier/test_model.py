@@ -40,20 +40,26 @@ def _verifier(head):
   return vcfg, params
 
 
+# Jitted: eager op-by-op execution compiles every primitive for every new shape.
+_score_rows = jax.jit(score_rows, static_argnums=0)
+_start = jax.jit(start, static_argnums=0, static_argnames=("capacity",))
+_extend = jax.jit(extend, static_argnums=0)
+
+
 @pytest.mark.parametrize("head", sorted(HEAD_OPTIONS))
 def test_incremental_scoring_equals_one_pass(head):
   vcfg, params = _verifier(head)
   tokens = _rows()
-  full, _ = score_rows(vcfg, params, tokens, jnp.asarray(PROMPT_LENGTHS), jnp.asarray(LENGTHS))
+  full, _ = _score_rows(vcfg, params, tokens, jnp.asarray(PROMPT_LENGTHS), jnp.asarray(LENGTHS))
   prompt = jnp.where(jnp.arange(tokens.shape[1])[None] < PROMPT_LENGTHS[:, None], tokens, 0)
-  state = start(vcfg, params, prompt[:, :8], jnp.asarray(PROMPT_LENGTHS), capacity=48)
+  state = _start(vcfg, params, prompt[:, :8], jnp.asarray(PROMPT_LENGTHS), capacity=48)
   pos = np.array(PROMPT_LENGTHS)
   # Feed the solutions in uneven chunks, as search feeds one step per round.
   for chunk in (4, 1, 6, 9):
     n_new = np.clip(LENGTHS - pos, 0, chunk)
     idx = np.minimum(pos[:, None] + np.arange(chunk)[None], tokens.shape[1] - 1)
     piece = jnp.take_along_axis(tokens, jnp.asarray(idx), axis=1)
-    state, scores = extend(vcfg, params, state, piece, jnp.asarray(n_new))
+    state, scores = _extend(vcfg, params, state, piece, jnp.asarray(n_new))
     for b in range(3):
       np.testing.assert_allclose(np.asarray(scores[b, :n_new[b]]),
                                  np.asarray(full[b, pos[b]:pos[b] + n_new[b]]),
