@@ -115,6 +115,28 @@ def byte_level_bpe(corpus, special_tokens, vocab_size: int = 320):
   return fast
 
 
+# Llama-3's pre-tokenizer split: punctuation keeps its trailing newlines (".\n"),
+# newline runs stay together ("\n\n").
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def llama3_style_bpe(corpus, special_tokens, vocab_size: int = 300):
+  """A byte-level BPE with Llama-3's split, trained on `corpus`: its tokens fuse
+  newlines with the text before them, as real Llama-3 / Qwen vocabularies do."""
+  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+  fast = Tokenizer(models.BPE())
+  fast.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  fast.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                special_tokens=list(special_tokens),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  fast.train_from_iterator(corpus, trainer)
+  return fast
+
+
 def random_tokens(batch: int, length: int, vocab_size: int = 128, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, vocab_size, (batch, length), dtype=np.int32)
 

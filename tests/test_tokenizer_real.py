@@ -407,19 +407,8 @@ def test_step_end_ids_are_every_token_holding_a_newline(hf_tok, sp_tok):
 
 def test_step_end_ids_include_fused_newlines(tmp_path):
     """Like Llama-3's ".\n" and "\n\n": tokens that end a step without a lone newline."""
-    from tokenizers import Tokenizer as Fast
-    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
-    fast = Fast(models.BPE())
-    # Llama-3's split: punctuation keeps its trailing newlines, newline runs stay together.
-    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-             r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-    fast.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(split), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    fast.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False, special_tokens=[BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    fast.train_from_iterator(["Add 2.\n\nThen 3.\n\nSo 5.\n"] * 50, trainer)
+    from tests.hf_utils import llama3_style_bpe
+    fast = llama3_style_bpe(["Add 2.\n\nThen 3.\n\nSo 5.\n"] * 50, [BOS, EOS])
     fast.save(str(tmp_path / HF_TOKENIZER_FILENAME))
     (tmp_path / HF_CONFIG_FILENAME).write_text(json.dumps({"bos_token": BOS, "eos_token": EOS}))
     tok = load_tokenizer(str(tmp_path))

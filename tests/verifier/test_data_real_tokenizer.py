@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.hf_utils import make_tiny_hf_model
+from tests.hf_utils import llama3_style_bpe, make_tiny_hf_model
 from ttc_jax.checkpoints import load_hf_policy
 from ttc_jax.decode import Temperature
 from ttc_jax.decode.ends import SolutionEnds
@@ -19,9 +19,6 @@ from ttc_jax.tasks.base import trim_blank_line_end
 from ttc_jax.verifier.data import build_rows, make_verifier_dataset, rollout_continuations
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
-# Llama-3's pre-tokenizer split: punctuation keeps the newlines after it (".\n").
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 PROBLEMS = [  # MATH-style: question, solution, answer, level
     ("What is $1+1$?", "We add.\n$1+1=\\boxed{2}$.", "2", 1),
     ("What is $2\\cdot 3$?", "Multiply.\nSo $2\\cdot 3 = \\boxed{6}$.", "6", 1),
@@ -30,16 +27,8 @@ PROBLEMS = [  # MATH-style: question, solution, answer, level
 
 
 def _tokenizer_json(path) -> int:
-  from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-  fast = Tokenizer(models.BPE())
-  fast.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-  fast.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False, special_tokens=[BOS, EOS],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  fast.train_from_iterator([f"Problem: {q}\nSolution:\n{s}\n\n" for q, s, _, _ in PROBLEMS] * 8,
-                           trainer)
+  fast = llama3_style_bpe([f"Problem: {q}\nSolution:\n{s}\n\n" for q, s, _, _ in PROBLEMS] * 8,
+                          [BOS, EOS])
   fast.save(str(path / "tokenizer.json"))
   (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": BOS, "eos_token": EOS}))
   return fast.get_vocab_size()
