@@ -101,40 +101,36 @@ def make_tiny_hf_model(arch: str = "llama", path: str | os.PathLike | None = Non
   return model
 
 
-def byte_level_bpe(corpus, special_tokens, vocab_size: int = 320):
-  """A `tokenizers` byte-level BPE (Llama-3 / Qwen style) trained on `corpus`;
-  every byte is a token, so any text encodes."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  fast = Tokenizer(models.BPE())
-  fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  fast.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                special_tokens=list(special_tokens),
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  fast.train_from_iterator(corpus, trainer)
-  return fast
-
-
 # Llama-3's pre-tokenizer split: punctuation keeps its trailing newlines (".\n"),
 # newline runs stay together ("\n\n").
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-def llama3_style_bpe(corpus, special_tokens, vocab_size: int = 300):
-  """A byte-level BPE with Llama-3's split, trained on `corpus`: its tokens fuse
-  newlines with the text before them, as real Llama-3 / Qwen vocabularies do."""
+def byte_level_bpe(corpus, special_tokens, vocab_size: int = 320, split: str | None = None):
+  """A `tokenizers` byte-level BPE (Llama-3 / Qwen style) trained on `corpus`;
+  every byte is a token, so any text encodes. split: a pre-tokenizer regex
+  (e.g. LLAMA3_SPLIT) instead of the byte-level default."""
   from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
   fast = Tokenizer(models.BPE())
-  fast.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  if split is None:
+    fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  else:
+    fast.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   fast.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                 special_tokens=list(special_tokens),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   fast.train_from_iterator(corpus, trainer)
   return fast
+
+
+def llama3_style_bpe(corpus, special_tokens, vocab_size: int = 300):
+  """`byte_level_bpe` with Llama-3's split: its tokens fuse newlines with the
+  text before them, as real Llama-3 / Qwen vocabularies do."""
+  return byte_level_bpe(corpus, special_tokens, vocab_size, split=LLAMA3_SPLIT)
 
 
 def random_tokens(batch: int, length: int, vocab_size: int = 128, seed: int = 0) -> np.ndarray:
