@@ -432,8 +432,18 @@ def load_run_task(path: str):
   imported checkpoint).
   """
   from ttc_jax.tasks import get_task
+  name, options = run_task_record(path)
+  return get_task(name, **options)
+
+
+def run_task_record(path: str) -> tuple[str, dict]:
+  """(task name, options) a training run directory was trained with, read
+  without building the task (its files may have moved); the default task for
+  a run without a sidecar."""
+  from ttc_jax.tasks import DEFAULT_TASK
   from ttc_jax.train.data import DataConfig
   sidecar = read_sidecar(_resolve_run_dir(path))
   if sidecar is None or "data" not in sidecar:
-    return get_task()
-  return DataConfig.from_dict(sidecar["data"]).make_task()
+    return DEFAULT_TASK, {}
+  data = DataConfig.from_dict(sidecar["data"])
+  return data.task, dict(data.task_options)

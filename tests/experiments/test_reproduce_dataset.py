@@ -104,3 +104,20 @@ def test_lookahead_runs_only_budgets_a_width_fits():
   ns = [g["ns"] for g in reproduce.sweep_grids(reproduce.get_preset("smoke"))
         if g["methods"] == ("lookahead",)]
   assert ns == [(2,)]
+
+
+def test_a_benchmark_run_is_named_even_after_its_files_moved(tmp_path):
+  # The record says what the run trained on; building its task would need the files.
+  from ttc_jax.checkpoints import SIDECAR_FILE
+  from ttc_jax.train.data import DataConfig
+  run = tmp_path / "run"
+  run.mkdir()
+  gone = str(tmp_path / "moved.jsonl")
+  data = DataConfig(task="gsm8k", task_options=(("data_path", gone), ("num_shots", 0)))
+  (run / SIDECAR_FILE).write_text(json.dumps({"data": data.to_dict()}))
+  with pytest.raises(ValueError, match="trained on 'gsm8k'"):
+    DatasetSpec().load(str(run))
+  train, test = tiny_gsm8k.write(tmp_path / "data")
+  with pytest.warns(UserWarning, match="num_shots=0.*num_shots=4"):
+    task = DatasetSpec(dataset="gsm8k", data_path=test, shots_path=train).load(str(run))
+  assert task.name == "gsm8k" and str(task.data_path) == test

@@ -82,25 +82,25 @@ class DatasetSpec:
     def load(self, policy_dir: str | None = None) -> Task:
         """The task: the policy run's own for "arithmetic", else the named reader."""
         self.check(hf_policy=policy_dir is None)
-        from ttc_jax.checkpoints import load_run_task
+        from ttc_jax.checkpoints import run_task_record
+        from ttc_jax.tasks import get_task
+        if policy_dir is None:  # a Hugging Face policy: `check` refused the built-in task
+            return get_task(self.dataset, **self.task_options())
+        name, options = run_task_record(policy_dir)
         if not self.built_in:
-            from ttc_jax.tasks import get_task
-            task = get_task(self.dataset, **self.task_options())
-            if policy_dir is not None:
-                self._warn_if_prompted_otherwise(load_run_task(policy_dir), policy_dir)
-            return task
-        task = load_run_task(policy_dir)
-        if task.name != BUILT_IN:
-            raise ValueError(f"{policy_dir} was trained on {task.name!r}: pass "
-                             f"--dataset={task.name} (with its --data_path / --shots_path)")
-        return task
+            self._warn_if_prompted_otherwise(name, options, policy_dir)
+            return get_task(self.dataset, **self.task_options())
+        if name != BUILT_IN:  # read from the record: the run's files may have moved
+            raise ValueError(f"{policy_dir} was trained on {name!r}: pass "
+                             f"--dataset={name} (with its --data_path / --shots_path)")
+        return get_task(name, **options)
 
-    def _warn_if_prompted_otherwise(self, trained_on: Task, policy_dir: str) -> None:
+    def _warn_if_prompted_otherwise(self, name: str, options: dict, policy_dir: str) -> None:
         """A policy run trained on this benchmark saw its prompts: other shots or a
         chat template are prompts it never saw (allowed, but said)."""
-        if trained_on.name != self.dataset:
+        if name != self.dataset:
             return
-        seen = (getattr(trained_on, "num_shots", None), getattr(trained_on, "chat", False))
+        seen = (options.get("num_shots", DatasetSpec.num_shots), options.get("chat", False))
         if seen != (self.num_shots, self.chat):
             warnings.warn(f"{policy_dir} was trained on {self.dataset} prompts with "
                           f"num_shots={seen[0]}, chat={seen[1]}; these use "
