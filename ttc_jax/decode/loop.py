@@ -159,15 +159,19 @@ def tail_sizes(tail_rows: int | tuple[int, ...] | None, batch: int) -> tuple[int
   return tuple(out)
 
 
-def _run_tails(step, state: DecodeState, rows: "_RowInputs", plan, sizes: tuple[int, ...]):
+def _run_tails(step, state: DecodeState, rows: "_RowInputs", plan, sizes: tuple[int, ...],
+               widen_only: bool = False):
   """The decode loop; once at most sizes[0] rows are still decoding they go on
-  alone in a batch of that size, and so on down `sizes`."""
+  alone in a batch of that size, and so on down `sizes`. A tail's state
+  arrives at the widest width with slots filled past the early segments'
+  widths, so its passes only widen (`_run_segments`)."""
   if not sizes:
-    return _run_segments(step, state, rows, plan)
+    return _run_segments(step, state, rows, plan, widen_only=widen_only)
   many = lambda s: jnp.sum(~s.done) > sizes[0]
-  state = _run_segments(step, state, rows, plan, extra_cond=many)
+  state = _run_segments(step, state, rows, plan, extra_cond=many, widen_only=widen_only)
   index = jnp.argsort(state.done, stable=True)[:sizes[0]]  # rows still decoding first
-  tail = _run_tails(step, state.take_rows(index), rows.take(index), plan, sizes[1:])
+  tail = _run_tails(step, state.take_rows(index), rows.take(index), plan, sizes[1:],
+                    widen_only=True)
   return state.put_rows(index, tail)
 
 
@@ -187,13 +191,21 @@ class _RowInputs:
     return _RowInputs(self.streams[index], self.max_new[index])
 
 
-def _run_segments(step, state: DecodeState, rows: _RowInputs, plan, extra_cond=None):
+def _run_segments(step, state: DecodeState, rows: _RowInputs, plan, extra_cond=None,
+                  widen_only: bool = False):
   """The decode loop over each (width, step limit) segment of `plan`; a segment
-  whose limit the state has passed runs no step. Caches only ever widen: a
-  tail's state arrives at the widest width with slots filled past the early
-  segments' widths."""
+  whose limit the state has passed runs no step.
+
+  The first pass narrows the full-capacity cache to the first segment's width
+  (every filled slot fits: the plan is built from max_start). widen_only: a
+  tail's pass, whose cache may hold slots past the early widths; narrowing
+  there would drop them. (Applying the widen-only rule to the first pass too
+  kept every segment at full capacity: decode steps 1.38x slower on
+  bench_3m at batch 256, BUILD_NOTES session 14.)
+  """
   for width, limit in plan:
-    width = max(width, state.cache.capacity)
+    if widen_only:
+      width = max(width, state.cache.capacity)
     state = dataclasses.replace(state, cache=state.cache.resize(width))
 
     def cond(s, limit=limit):
