@@ -37,7 +37,9 @@ when unknown).
 --mesh_data=N shards the batch over N devices (on CPU: N XLA:CPU host devices).
 XLA:CPU runs each attention batched dot (q [1, E] x k [S, E] per row and head)
 on a single thread, so on a 2-core machine --mesh_data=2 runs the two halves of
-the batch on both cores at once.
+the batch on both cores at once. The default, -1, does that on a CPU (as
+train_policy and bench_search do) and keeps one device on a GPU/TPU;
+--mesh_data=1 keeps JAX's one CPU device.
 
 One JSON line per batch size is printed as it is produced; --json_out is
 written atomically (temp file + os.replace) at the end.
@@ -399,6 +401,22 @@ def write_jsonl_atomic(path: str, lines: Sequence[dict]) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
+def set_mesh_devices(mesh_data: int) -> int:
+  """The --mesh_data flag: asks for that many XLA:CPU devices before any
+  backend starts (-1: AUTO_CPU_DEVICES unless the environment sets a count;
+  GPU/TPU backends ignore it) and returns the devices to split the batch over
+  (-1: those CPU devices, or 1 on an accelerator)."""
+  from ttc_jax import distributed
+  if mesh_data == 0 or mesh_data < -1:
+    raise ValueError(f"--mesh_data must be -1 (auto) or >= 1, got {mesh_data}")
+  cpu_devices = distributed.resolve_cpu_devices(mesh_data) if mesh_data != 1 else None
+  if cpu_devices:
+    jax.config.update("jax_num_cpu_devices", cpu_devices)
+  if mesh_data > 0:
+    return mesh_data
+  return len(jax.devices()) if jax.default_backend() == "cpu" else 1
+
+
 def _define_flags():
   from absl import flags
   flags.DEFINE_string("config", "bench_3m", "Named config from ttc_jax.bench_configs.")
@@ -419,9 +437,10 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "Seed for params, prompts and sampling.")
   flags.DEFINE_integer("read_mb", 256, "Array size (MiB) for the read-bandwidth measurement.")
   flags.DEFINE_integer(
-      "mesh_data", 1, "Shard the batch over this many devices. On the CPU backend this many "
+      "mesh_data", -1, "Shard the batch over this many devices. On the CPU backend this many "
       "XLA:CPU host devices are created (jax_num_cpu_devices): XLA:CPU runs each attention "
-      "batched dot on one thread, so 2 devices on a 2-core machine decode ~1.6x faster.")
+      "batched dot on one thread, so 2 devices on a 2-core machine decode ~1.6x faster. "
+      "-1: 2 on a CPU (ttc_jax.distributed.AUTO_CPU_DEVICES), 1 on a GPU/TPU.")
   return flags.FLAGS
 
 
@@ -429,14 +448,12 @@ def main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags
   f = flags.FLAGS
-  if f.mesh_data > 1:
-    # Only the CPU backend reads it; must happen before any backend starts.
-    jax.config.update("jax_num_cpu_devices", f.mesh_data)
+  mesh_data = set_mesh_devices(f.mesh_data)
   results = run_benchmark(
       f.config, [int(b) for b in f.batch_sizes], hf_dir=f.hf_dir, prompt_len=f.prompt_len,
       new_tokens=f.new_tokens, repeats=f.repeats, sampler=f.sampler, temperature=f.temperature,
       dtype=f.dtype, compare_hf=f.compare_hf, seed=f.seed, read_mb=f.read_mb,
-      hf_attn_implementation=f.hf_attn_implementation, mesh_data=f.mesh_data,
+      hf_attn_implementation=f.hf_attn_implementation, mesh_data=mesh_data,
       hf_device=f.hf_device, print_fn=lambda s: print(s, flush=True))
   if f.json_out:
     write_jsonl_atomic(f.json_out, results)

@@ -75,7 +75,8 @@ The search then runs half the prompts on each (`search(mesh=)`) and
 baseline (a) splits its generation and scoring rows over both; baseline (b)
 and the scoring line stay on one device (`devices`, `host_dispatch_devices`
 in the lines). --local_device_count=0 keeps JAX's one device. GPU/TPU
-backends ignore the flag.
+backends ignore the flag. With fewer questions than devices (e.g. one long
+prompt) everything runs on the first device.
 
 Without --policy a random-weights model (--config, `ttc_jax.bench_configs`,
 vocabulary set to the arithmetic tokenizer's) runs on the built-in task, so the
@@ -713,7 +714,15 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   from ttc_jax import distributed, sharding
   distributed.initialize_from_flags()
-  mesh = sharding.make_mesh() if jax.device_count() > 1 else None
+  mesh = None
+  if jax.device_count() > f.num_questions:
+    # Each device would search a share of fewer questions than devices: one
+    # question on one of two XLA:CPU devices ran 0.38 q/s against 0.48 on
+    # one device using both cores (BUILD_NOTES, session 14).
+    logging.warning("%d question(s) on %d devices: searching on one device",
+                    f.num_questions, jax.device_count())
+  elif jax.device_count() > 1:
+    mesh = sharding.make_mesh()
   lines = run_benchmark(
       f.policy, config=f.config, prm=f.prm, methods=f.methods, ns=[int(x) for x in f.ns],
       m=f.m, num_questions=f.num_questions, max_rows=f.max_rows, repeats=f.repeats,

@@ -125,7 +125,8 @@ def _define_flags():
   flags.DEFINE_integer("batch", 256, "Rows decoded at once.")
   flags.DEFINE_integer("prompt_len", 32, "Prompt tokens per row.")
   flags.DEFINE_integer("new_tokens", 128, "Generated tokens per row (forced).")
-  flags.DEFINE_integer("mesh_data", 2, "Devices the batch is split over (CPU: host devices).")
+  flags.DEFINE_integer("mesh_data", -1, "Devices the batch is split over, as in bench_decode "
+                       "(-1: 2 XLA:CPU devices on a CPU, 1 on a GPU/TPU).")
   flags.DEFINE_integer("top", 15, "Source lines to list.")
   flags.DEFINE_string("out_dir", "runs/profile_decode", "Trace and HLO dump folder.")
   flags.DEFINE_string("json_out", None, "JSONL output file (written atomically at the end).")
@@ -143,11 +144,9 @@ def main(argv: Sequence[str]) -> None:
   # Before JAX starts a backend: XLA reads these once.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                              + profiling.dump_flags(hlo_dir)).strip()
-  import jax
-  if f.mesh_data > 1:
-    jax.config.update("jax_num_cpu_devices", f.mesh_data)
-  lines = run_profile(f.config, f.batch, f.prompt_len, f.new_tokens, f.mesh_data, f.out_dir,
-                      f.top)
+  from experiments.bench_decode import set_mesh_devices
+  lines = run_profile(f.config, f.batch, f.prompt_len, f.new_tokens,
+                      set_mesh_devices(f.mesh_data), f.out_dir, f.top)
   for line in lines:
     print(json.dumps(line), flush=True)
   if f.json_out:

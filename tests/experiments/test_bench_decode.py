@@ -73,3 +73,10 @@ def test_hf_device_and_step_bytes():
   assert params_only == cfg.num_params() * 4
   # One key of context adds K and V for every layer, kv head and row.
   assert bench_decode.step_bytes(cfg, 8, 1) - params_only == 2 * cfg.n_layers * 8 * cfg.n_kv_heads * cfg.hd * 4
+
+
+def test_mesh_data_flag_values():
+  assert bench_decode.set_mesh_devices(1) == 1  # JAX's own device: nothing to set
+  for bad in (0, -2):
+    with pytest.raises(ValueError, match="mesh_data"):
+      bench_decode.set_mesh_devices(bad)
