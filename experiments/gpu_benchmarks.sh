@@ -15,6 +15,8 @@
 #              run it in a command of its own: its limit is 400 s)
 #   peer_xla   the same with TTC_JAX_KERNELS=xla
 #   bon_shared bench_search: best-of-256 on one 512-token prompt, shared vs replicated prompt KV
+#   profile    profile_decode: where the decode step's time goes (llama_1b, bf16, batch 256;
+#              not yet run on a GPU)
 # Run from the repository root; uses the machine's python3 and its packages.
 set -u
 out=${1:?usage: $0 OUT_DIR STAGE...}
@@ -55,6 +57,9 @@ transformers.__version__)"' ;;
     decode_xla) TTC_JAX_KERNELS=xla run decode_xla 150 python3 -m experiments.bench_decode \
         --config=llama_1b --dtype=bfloat16 --batch_sizes=64,256 --prompt_len=32 \
         --new_tokens=128 --repeats=3 --read_mb=4096 --json_out="$out/decode_xla.jsonl" ;;
+    profile) run profile 200 python3 -m experiments.profile_decode --config=llama_1b \
+        --dtype=bfloat16 --batch=256 --top=25 --out_dir="$out/profile" \
+        --json_out="$out/profile.jsonl" ;;
     peer) run peer 400 python3 -m experiments.bench_peer_workload --config=llama_1b \
         --prompts_per_call="$per_call" --calls="${PEER_CALLS:-2}" --json_out="$out/peer.jsonl" ;;
     peer_xla) TTC_JAX_KERNELS=xla run peer_xla 400 python3 -m experiments.bench_peer_workload \

@@ -17,6 +17,13 @@ all op time) and per source line ("kind": "line", the --top lines), then a
 
 The trace and the HLO dump stay under --out_dir (default runs/profile_decode)
 for a closer look (perfetto UI: ui.perfetto.dev).
+
+On XLA:CPU some ops carry no source line: XLA rewrites the attention's
+batched dots (per row and kv head, [rows, K, S, 1]) without metadata, so
+they appear as "(no source) dot" with their shapes. On a GPU the same join
+should work (the GPU runtime's kernel events carry hlo_module / hlo_op and
+the dump is `*gpu_after_optimizations.txt`), but it has not been run there
+yet: experiments/gpu_benchmarks.sh has the stage (`profile`).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ def part_of(function: str) -> str:
 
 
 def run_profile(config: str, batch: int, prompt_len: int, new_tokens: int, mesh_data: int,
-                out_dir: str, top: int, seed: int = 0) -> list[dict]:
+                out_dir: str, top: int, seed: int = 0, dtype: str = "float32") -> list[dict]:
   """Traces one generate call; returns the JSON lines (parts, top lines, summary)."""
   import jax
   import numpy as np
@@ -60,9 +67,12 @@ def run_profile(config: str, batch: int, prompt_len: int, new_tokens: int, mesh_
   from ttc_jax.bench_configs import get_config
   from ttc_jax.decode import Temperature, generate
   from ttc_jax.model import init_params
+  from ttc_jax.model.params import cast_params
 
   cfg = get_config(config).replace(dtype="float32")
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
+  cfg = cfg.replace(dtype=dtype)
+  params = params if dtype == "float32" else cast_params(params, cfg.jnp_dtype)
   mesh = None
   if mesh_data > 1:
     from ttc_jax import sharding
@@ -100,7 +110,7 @@ def run_profile(config: str, batch: int, prompt_len: int, new_tokens: int, mesh_
   for loc, us in per_line.items():
     parts[part_of(loc.function) if isinstance(loc, profiling.SourceLocation)
           else " ".join(loc.split()[:3])] += us  # "(no source) <opcode>"
-  common = dict(config=config, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
+  common = dict(config=config, dtype=dtype, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
                 mesh_data=mesh_data, n_params=cfg.num_params())
   lines = []
   for part, us in sorted(parts.items(), key=lambda kv: -kv[1]):
@@ -114,7 +124,8 @@ def run_profile(config: str, batch: int, prompt_len: int, new_tokens: int, mesh_
   lines.append(dict(kind="summary", wall_s=wall, op_s=total_us / 1e6,
                     wall_ms_per_step=wall * 1e3 / new_tokens,
                     op_ms_per_step=total_us / 1e3 / new_tokens, trace_dir=trace_dir,
-                    cpu_model=bench_decode.cpu_model(), cores=os.cpu_count(),
+                    device=jax.devices()[0].device_kind, cpu_model=bench_decode.cpu_model(),
+                    cores=os.cpu_count(),
                     jax_version=jax.__version__, **common))
   return lines
 
@@ -127,6 +138,7 @@ def _define_flags():
   flags.DEFINE_integer("new_tokens", 128, "Generated tokens per row (forced).")
   flags.DEFINE_integer("mesh_data", -1, "Devices the batch is split over, as in bench_decode "
                        "(-1: 2 XLA:CPU devices on a CPU, 1 on a GPU/TPU).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Params/activations.")
   flags.DEFINE_integer("top", 15, "Source lines to list.")
   flags.DEFINE_string("out_dir", "runs/profile_decode", "Trace and HLO dump folder.")
   flags.DEFINE_string("json_out", None, "JSONL output file (written atomically at the end).")
@@ -146,7 +158,7 @@ def main(argv: Sequence[str]) -> None:
                              + profiling.dump_flags(hlo_dir)).strip()
   from experiments.bench_decode import set_mesh_devices
   lines = run_profile(f.config, f.batch, f.prompt_len, f.new_tokens,
-                      set_mesh_devices(f.mesh_data), f.out_dir, f.top)
+                      set_mesh_devices(f.mesh_data), f.out_dir, f.top, dtype=f.dtype)
   for line in lines:
     print(json.dumps(line), flush=True)
   if f.json_out:
