@@ -244,6 +244,30 @@ def step_bytes(cfg: ModelConfig, batch: int, context: float) -> float:
 # ----------------------------------------------------------------------------- main logic
 
 
+def load_model(config_name: str, hf_dir: str | None, dtype: str, seed: int, mesh_data: int):
+  """The benchmarked model -> (name, cfg in `dtype`, f32 params, params in `dtype`
+  on the mesh, mesh or None): a named config with random weights (`seed`), or
+  the HF checkpoint at hf_dir. mesh_data > 1 shards the batch over that many
+  devices (on CPU they must exist already: `set_mesh_devices`)."""
+  if hf_dir is not None:
+    cfg, params_f32 = hf_io.load_checkpoint(hf_dir, "float32")
+    config_name = os.path.basename(os.path.normpath(hf_dir))
+  else:
+    cfg = get_config(config_name).replace(dtype="float32")
+    params_f32 = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
+  cfg = cfg.replace(dtype=dtype)
+  params = params_f32 if dtype == "float32" else cast_params(params_f32, cfg.jnp_dtype)
+  mesh = None
+  if mesh_data > 1:
+    from ttc_jax import sharding
+    if len(jax.devices()) < mesh_data:
+      raise ValueError(f"mesh_data={mesh_data} but only {len(jax.devices())} devices; on CPU set "
+                       "jax_num_cpu_devices before JAX starts (the --mesh_data flag does)")
+    mesh = sharding.make_mesh(data=mesh_data, model=1, devices=jax.devices()[:mesh_data])
+    params = sharding.shard_params(params, cfg, mesh)  # once, not on every generate call
+  return config_name, cfg, params_f32, params, mesh
+
+
 def _machine_fields() -> dict:
   return dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(),
               cpu_model=cpu_model(), cores=os.cpu_count(), jax_version=jax.__version__,
@@ -273,22 +297,8 @@ def run_benchmark(config_name: str = "bench_3m", batch_sizes: Sequence[int] = (1
   else:
     raise ValueError(f"sampler must be 'greedy' or 'temperature', got {sampler!r}")
 
-  if hf_dir is not None:
-    cfg, params_f32 = hf_io.load_checkpoint(hf_dir, "float32")
-    config_name = os.path.basename(os.path.normpath(hf_dir))
-  else:
-    cfg = get_config(config_name).replace(dtype="float32")
-    params_f32 = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
-  cfg = cfg.replace(dtype=dtype)
-  params = params_f32 if dtype == "float32" else cast_params(params_f32, cfg.jnp_dtype)
-  mesh = None
-  if mesh_data > 1:
-    from ttc_jax import sharding
-    if len(jax.devices()) < mesh_data:
-      raise ValueError(f"mesh_data={mesh_data} but only {len(jax.devices())} devices; on CPU set "
-                       "jax_num_cpu_devices before JAX starts (the --mesh_data flag does)")
-    mesh = sharding.make_mesh(data=mesh_data, model=1, devices=jax.devices()[:mesh_data])
-    params = sharding.shard_params(params, cfg, mesh)  # once, not on every generate call
+  config_name, cfg, params_f32, params, mesh = load_model(config_name, hf_dir, dtype, seed,
+                                                          mesh_data)
   if prompt_len + new_tokens > cfg.max_seq_len:
     raise ValueError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the "
                      f"model's max_seq_len {cfg.max_seq_len}")

@@ -64,20 +64,9 @@ def run_profile(config: str, batch: int, prompt_len: int, new_tokens: int, mesh_
 
   from experiments import bench_decode
   from ttc_jax import profiling
-  from ttc_jax.bench_configs import get_config
   from ttc_jax.decode import Temperature, generate
-  from ttc_jax.model import init_params
-  from ttc_jax.model.params import cast_params
 
-  cfg = get_config(config).replace(dtype="float32")
-  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
-  cfg = cfg.replace(dtype=dtype)
-  params = params if dtype == "float32" else cast_params(params, cfg.jnp_dtype)
-  mesh = None
-  if mesh_data > 1:
-    from ttc_jax import sharding
-    mesh = sharding.make_mesh(data=mesh_data, model=1, devices=jax.devices()[:mesh_data])
-    params = sharding.shard_params(params, cfg, mesh)
+  _, cfg, _, params, mesh = bench_decode.load_model(config, None, dtype, seed, mesh_data)
   prompts = np.random.default_rng(seed).integers(1, cfg.vocab_size, size=(batch, prompt_len))
 
   def call():
